@@ -1,0 +1,183 @@
+"""The `imseg` command: train, eval, predict, models, plot, demo."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import functools
+import sys
+from pathlib import Path
+
+print = functools.partial(print, flush=True)  # noqa: A001 - progress must show when piped to a file
+
+
+def _data_config_from_checkpoint(state: dict, data_root: str | None):
+    from imseg.config import DataConfig, _build
+
+    data = dict(state["config"]["data"])
+    if data_root is not None:
+        data["root"] = data_root
+    return _build(DataConfig, data, "data")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from imseg.config import load_config
+    from imseg.engine.train import train
+
+    overrides = list(args.set or [])
+    if args.data_root:
+        overrides.append(f"data.root={args.data_root}")
+    if args.out_dir:
+        overrides.append(f"train.out_dir={args.out_dir}")
+    cfg = load_config(args.config, overrides)
+    result = train(cfg, resume=args.resume)
+    best = result["best_val_mIoU"]
+    print(f"run folder: {result['out_dir']}")
+    if best is not None:
+        print(f"best val mIoU: {100 * best:.1f}")
+    return 0
+
+
+def run_eval(checkpoint: str, split: str, data_root: str | None = None, out: str | None = None,
+             batch_size: int = 2, device: str = "auto", progress: bool = True) -> dict:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from imseg.data import build_dataset
+    from imseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from imseg.engine.evaluate import evaluate
+    from imseg.engine.runtime import resolve_device
+    from imseg.metrics import format_table
+
+    state = load_checkpoint(checkpoint)
+    model = model_from_checkpoint(state, source=f"checkpoint {checkpoint}")
+    dev = resolve_device(device)
+    model.to(dev)
+    data_cfg = _data_config_from_checkpoint(state, data_root)
+    split_name = {"train": data_cfg.train_split, "val": data_cfg.val_split, "test": data_cfg.test_split}.get(split, split)
+    ds = build_dataset(data_cfg, split_name, train=False)
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=data_cfg.num_workers)
+    scores = evaluate(
+        model, loader, num_classes=ds.num_classes, ignore_index=ds.ignore_index,
+        preprocessing=model.preprocessing, device=dev, class_names=ds.class_names,
+        eval_size=data_cfg.eval_size, progress=progress, desc=f"eval {split}",
+    )
+    scores.update(checkpoint=str(checkpoint), split=split, model=state["model"], epoch=state["epoch"],
+                  torch=torch.__version__)
+    out_path = Path(out) if out else Path(checkpoint).resolve().parent.parent / f"eval-{split}.json"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(scores, indent=2))
+    print(format_table(scores))
+    print(f"{len(ds)} images in {scores['seconds']:.1f}s; scores written to {out_path}")
+    return scores
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    scores = run_eval(args.checkpoint, args.split, args.data_root, args.out, args.batch_size, args.device)
+    print(f"{args.split} mIoU: {100 * scores['mIoU']:.1f}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from imseg.engine.checkpoint import load_model
+    from imseg.engine.predict import predict_files
+    from imseg.engine.runtime import resolve_device
+
+    model = load_model(args.checkpoint, resolve_device(args.device))
+    written = predict_files(model, args.inputs, args.out, alpha=args.alpha)
+    print(f"wrote {len(written)} masks and overlays to {args.out}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from imseg.models.registry import list_models, model_arguments, model_info
+
+    for name in list_models():
+        info = model_info(name)
+        print(f"{name:<16} {info.paper} ({info.year})")
+        print(f"{'':<16} {info.summary}")
+        if args.verbose:
+            print(f"{'':<16} arguments: {model_arguments(name)}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from imseg.engine.plots import plot_curves
+
+    print(f"wrote {plot_curves(args.run_dir, args.out)}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from imseg.demo import run_demo
+
+    return run_demo(data_root=args.data_root, out_dir=args.out_dir, config=args.config, overrides=args.set or [])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="imseg", description="Semantic image segmentation: train, evaluate, predict.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model from a YAML config")
+    t.add_argument("config", help="YAML config file (see configs/)")
+    t.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override config values, e.g. train.epochs=5")
+    t.add_argument("--resume", metavar="CHECKPOINT", help="continue a run from its checkpoint")
+    t.add_argument("--data-root", help="data folder (overrides data.root)")
+    t.add_argument("--out-dir", help="run folder (overrides train.out_dir)")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint on a split; prints a per-class table, writes JSON")
+    e.add_argument("checkpoint")
+    e.add_argument("--split", default="test", help="val, test, train or a split name (default test)")
+    e.add_argument("--data-root", help="data folder (default: the one in the checkpoint's config)")
+    e.add_argument("--out", help="JSON file to write (default: eval-<split>.json in the run folder)")
+    e.add_argument("--batch-size", type=int, default=2)
+    e.add_argument("--device", default="auto")
+    e.set_defaults(func=cmd_eval)
+
+    pr = sub.add_parser("predict", help="write index-PNG masks and colour overlays for images or folders")
+    pr.add_argument("checkpoint")
+    pr.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    pr.add_argument("--out", required=True, help="output folder")
+    pr.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    pr.add_argument("--device", default="auto")
+    pr.set_defaults(func=cmd_predict)
+
+    m = sub.add_parser("models", help="list the registered architectures")
+    m.add_argument("-v", "--verbose", action="store_true", help="show each builder's arguments")
+    m.set_defaults(func=cmd_models)
+
+    pl = sub.add_parser("plot", help="draw loss and mIoU curves of a run folder")
+    pl.add_argument("run_dir")
+    pl.add_argument("--out", help="PNG path (default RUN_DIR/curves.png)")
+    pl.set_defaults(func=cmd_plot)
+
+    d = sub.add_parser("demo", help="train, evaluate and predict on CamVid in one go (make demo)")
+    d.add_argument("--data-root", help="CamVid folder (default: $IMSEG_DATA or ../shared/data/camvid)")
+    d.add_argument("--out-dir", default="runs/demo")
+    d.add_argument("--config", default=None, help="config to use (default: configs/demo_camvid.yaml)")
+    d.add_argument("--set", nargs="+", metavar="KEY=VALUE")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from imseg.config import ConfigError
+    from imseg.data import DataError
+    from imseg.engine.checkpoint import CheckpointError
+
+    import os
+
+    args = build_parser().parse_args(argv)
+    if os.environ.get("IMSEG_DEBUG"):
+        return args.func(args)  # full tracebacks for developers
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, CheckpointError, FileNotFoundError, ValueError, TypeError) as e:
+        # Errors a user can fix get one clear line, not a traceback.
+        print(f"imseg {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

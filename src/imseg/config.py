@@ -1,0 +1,235 @@
+"""Typed configuration: YAML files mapped onto dataclasses, plus dotted overrides.
+
+A config is plain data. Every key is a dataclass field with a type, so an
+unknown key or a value of the wrong type fails at load time naming the
+key (``train.epochs: expected int, got 'five'``), long before training.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "unet"
+    # Keyword arguments for the model builder (encoder, output_stride, aux, ...).
+    # They are checked against the builder's signature by create_model.
+    args: dict[str, Any] = field(default_factory=dict)
+    # None: the encoder's own convention; or 'torchvision' / 'caffe' / a dict
+    # with mean, std, channel_order, scale.
+    preprocessing: Optional[Union[str, dict[str, Any]]] = None
+
+
+@dataclass
+class DataConfig:
+    name: str = "camvid"
+    root: Optional[str] = None
+    image_dir: str = "images"
+    mask_dir: str = "masks"
+    splits: dict[str, str] = field(default_factory=dict)
+    class_names: list[str] = field(default_factory=list)
+    palette: list[list[int]] = field(default_factory=list)
+    ignore_index: int = 255
+    crop_size: list[int] = field(default_factory=lambda: [360, 480])
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    train_size: Optional[list[int]] = None
+    eval_size: Optional[list[int]] = None
+    hflip: bool = True
+    color_jitter: float = 0.0
+    batch_size: int = 8
+    num_workers: int = 2
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = False
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    # Poly decay (power 0.9, as in DeepLab) after a linear warm-up.
+    poly_power: float = 0.9
+    warmup_iters: int = 0
+    warmup_factor: float = 0.1
+    min_lr: float = 0.0
+
+
+@dataclass
+class LossConfig:
+    # 'none' | 'median_frequency' | an explicit list, one weight per class
+    class_weights: Union[str, list[float]] = "none"
+    label_smoothing: float = 0.0
+    aux_weight: float = 0.4
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    # End this invocation after this many epochs in total while the LR
+    # schedule still spans ``epochs`` (for time-limited or preemptible jobs:
+    # run again with --resume to continue). None: run to the end.
+    stop_after: Optional[int] = None
+    val_every: int = 1
+    # last.pt is written every ``save_every`` epochs and at the end of the run.
+    save_every: int = 1
+    grad_accum: int = 1
+    # 'none', 'bf16', 'fp16', or 'auto' (bf16 on CPUs that support it, fp16 on CUDA)
+    amp: Literal["none", "auto", "bf16", "fp16"] = "none"
+    device: str = "auto"
+    seed: int = 0
+    deterministic: bool = False
+    out_dir: str = "runs/default"
+    log_every: int = 10
+    grad_clip: Optional[float] = None
+    progress: bool = True
+    threads: Optional[int] = None
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- conversion
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it converted."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: expected one of {list(args)}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {sorted(f.name for f in dataclasses.fields(tp))}, got {value!r}")
+        return _build(tp, value, key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp,) = args or (Any,)
+        return [_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        k_tp, v_tp = args or (Any, Any)
+        return {_convert(k, k_tp, key): _convert(v, v_tp, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected int, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected float, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected str, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in names:
+            raise ConfigError(f"unknown config key {key!r}; valid keys here: {', '.join(sorted(names))}")
+        kwargs[k] = _convert(v, hints[k], key)
+    return cls(**kwargs)
+
+
+def _parse_scalar(text: str) -> Any:
+    # YAML gives 5 -> int, 0.1 -> float, true -> bool, [1,2] -> list, null -> None.
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` strings to a nested dict (values parsed as YAML)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        dotted, text = item.split("=", 1)
+        parts = dotted.strip().split(".")
+        node = raw
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {dotted!r}: {p!r} is not a section")
+        node[parts[-1]] = _parse_scalar(text)
+    return raw
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    return _build(Config, raw or {})
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return config_from_dict(raw)
+    except ConfigError as e:
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"{e}{where}") from None
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,52 @@
+"""Dataset statistics: class-balancing weights."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from .base import SegmentationDataset
+
+
+def class_pixel_counts(dataset: SegmentationDataset) -> tuple[np.ndarray, np.ndarray]:
+    """Per class: labelled pixels of that class, and labelled pixels of the images containing it.
+
+    Reads the mask files directly (label map applied, no augmentation), so
+    the statistics describe the data, not one random crop of it. Ignored
+    pixels count for neither.
+    """
+    n = dataset.num_classes
+    class_pixels = np.zeros(n, dtype=np.int64)
+    image_pixels = np.zeros(n, dtype=np.int64)
+    for _, mask_path in dataset.files:
+        mask = dataset.load_mask(mask_path)
+        labelled = mask[mask != dataset.ignore_index]
+        counts = np.bincount(labelled.ravel(), minlength=n)[:n]
+        class_pixels += counts
+        image_pixels[counts > 0] += labelled.size
+    return class_pixels, image_pixels
+
+
+def median_frequency_weights(dataset: SegmentationDataset) -> torch.Tensor:
+    """Median-frequency class weights (Eigen & Fergus 2015, as used by SegNet).
+
+    ``freq(c) = pixels of c / pixels of the images where c is present`` and
+    ``weight(c) = median(freq) / freq(c)``: frequent classes get < 1, rare
+    ones > 1. A class absent from every mask gets weight 0 (and a warning),
+    is left out of the median, and so contributes nothing to the loss.
+
+    Returns a float32 tensor [num_classes] for ``CrossEntropyLoss(weight=...)``.
+    """
+    class_pixels, image_pixels = class_pixel_counts(dataset)
+    present = class_pixels > 0
+    if not present.any():
+        raise ValueError(f"no labelled pixels in {dataset!r}: cannot compute class weights")
+    freq = np.zeros(dataset.num_classes, dtype=np.float64)
+    freq[present] = class_pixels[present] / image_pixels[present]
+    weights = np.zeros_like(freq)
+    weights[present] = np.median(freq[present]) / freq[present]
+    if not present.all():
+        absent = [dataset.class_names[c] for c in np.flatnonzero(~present)]
+        warnings.warn(f"classes {absent} never occur in {dataset!r}; their weight is 0", stacklevel=2)
+    return torch.tensor(weights, dtype=torch.float32)

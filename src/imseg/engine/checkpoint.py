@@ -1,0 +1,91 @@
+"""Checkpoints: written atomically, read without executing code.
+
+A checkpoint is a plain dict of tensors and primitive values, so it loads
+with ``torch.load(weights_only=True)``: opening a checkpoint from someone
+else can never run code. It carries everything needed to rebuild the model
+and to predict exactly as training saw the data: the model spec, class
+names, palette, ignore index and preprocessing.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from imseg.models.registry import create_model
+from imseg.preprocessing import Preprocessing
+
+FORMAT = "imseg-checkpoint-v1"
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write ``state`` to ``path`` atomically: a temporary file, fsync, rename.
+
+    A crash or kill during the write leaves the previous file intact and at
+    worst a stray ``.tmp`` file, never a truncated checkpoint.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated file, not a torch file, or unsafe content
+        raise CheckpointError(f"checkpoint {path} cannot be read: {e}") from e
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an imseg checkpoint (expected format {FORMAT!r})")
+    return state
+
+
+def model_from_checkpoint(state: dict[str, Any], source: str = "checkpoint") -> nn.Module:
+    """Rebuild the model described by a checkpoint and load its weights."""
+    spec = state["model"]
+    kwargs = dict(spec["kwargs"])
+    # The encoder's starting weights are already inside the state dict; the
+    # file they came from need not exist where the checkpoint is loaded.
+    if "encoder_weights" in kwargs:
+        kwargs["encoder_weights"] = None
+    model = create_model(spec["name"], spec["num_classes"], **kwargs)
+    result = model.load_state_dict(state["state_dict"], strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{source} does not fit model {spec['name']!r}: missing keys {result.missing_keys[:10]}, "
+            f"unexpected keys {result.unexpected_keys[:10]}"
+        )
+    model.preprocessing = Preprocessing.from_dict(state["preprocessing"])
+    model.class_names = list(state["class_names"])
+    model.palette = [tuple(c) for c in state["palette"]]
+    model.ignore_index = int(state["ignore_index"])
+    model.eval_size = state.get("eval_size")
+    return model
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """A model ready for inference (eval mode) from an imseg checkpoint."""
+    state = load_checkpoint(path)
+    model = model_from_checkpoint(state, source=f"checkpoint {path}")
+    return model.to(device).eval()

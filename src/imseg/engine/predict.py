@@ -1,0 +1,103 @@
+"""Prediction on images a user hands over: files, folders, PIL images, arrays."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from imseg.data.palette import colorize, overlay
+from imseg.engine.evaluate import infer_logits
+
+ImageLike = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def _to_tensor(image: ImageLike, channels: int) -> torch.Tensor:
+    """A ``[C,H,W]`` tensor of 0-255 values in RGB order."""
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"image {path} does not exist")
+        try:
+            with Image.open(path) as im:
+                image = im.convert("RGB" if channels == 3 else "L") if channels in (1, 3) else np.array(im)
+        except OSError as e:
+            raise ValueError(f"cannot read image {path}: {e}") from e
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB" if channels == 3 else "L") if channels in (1, 3) else image)
+    if isinstance(image, np.ndarray):
+        if image.ndim == 2:
+            image = image[:, :, None]
+        if image.ndim != 3:
+            raise ValueError(f"expected an H x W x C image array, got shape {image.shape}")
+        tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1)  # a writable copy
+    elif isinstance(image, torch.Tensor):
+        tensor = image if image.ndim == 3 else image.unsqueeze(0)
+    else:
+        raise TypeError(f"cannot predict on {type(image).__name__}; give a path, PIL image, numpy array or tensor")
+    if tensor.shape[0] != channels:
+        raise ValueError(f"image has {tensor.shape[0]} channels but the model expects {channels}")
+    return tensor
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, image: ImageLike, eval_size: Sequence[int] | None = None) -> torch.Tensor:
+    """Float logits ``[K,H,W]`` for one image, at the image's own size."""
+    device = next(model.parameters()).device
+    tensor = _to_tensor(image, model.preprocessing.num_channels).to(device)
+    was_training = model.training
+    model.eval()
+    size = eval_size if eval_size is not None else getattr(model, "eval_size", None)
+    logits = infer_logits(model, tensor.unsqueeze(0), model.preprocessing, size)[0]
+    model.train(was_training)
+    return logits
+
+
+def predict(model: nn.Module, image: ImageLike, eval_size: Sequence[int] | None = None) -> np.ndarray:
+    """The class index of every pixel (``uint8`` or ``int64`` array ``[H,W]``)."""
+    mask = predict_logits(model, image, eval_size).argmax(0).cpu().numpy()
+    return mask.astype(np.uint8) if mask.max(initial=0) < 256 else mask
+
+
+def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
+    """Files as given, and the image files inside each folder (sorted)."""
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise FileNotFoundError(f"folder {path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"input {path} does not exist")
+    return files
+
+
+def save_mask(mask: np.ndarray, palette: Sequence[Sequence[int]], path: Path) -> None:
+    """An index PNG (mode 'P'): pixel values are class ids, the palette shows colours."""
+    im = Image.fromarray(mask.astype(np.uint8), mode="P")
+    flat = [v for colour in palette for v in colour]
+    im.putpalette(flat + [0] * (768 - len(flat)))
+    im.save(path)
+
+
+def predict_files(model: nn.Module, inputs: Iterable[str | Path], out_dir: str | Path, alpha: float = 0.5) -> list[Path]:
+    """Write ``<stem>.png`` (index mask) and ``<stem>_overlay.png`` for every input image."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    palette = model.palette
+    written = []
+    for path in expand_inputs(inputs):
+        mask = predict(model, path)
+        save_mask(mask, palette, out / f"{path.stem}.png")
+        with Image.open(path) as im:
+            overlay(im.convert("RGB"), mask, palette, alpha).save(out / f"{path.stem}_overlay.png")
+        written.append(out / f"{path.stem}.png")
+    return written

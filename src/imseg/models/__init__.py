@@ -1,0 +1,28 @@
+"""Models: one registry of builders, encoders behind one contract, shared layers.
+
+Importing this package registers every built-in model.
+"""
+from imseg.models import deeplab, fcn, lraspp, unet  # noqa: F401  (registration side effect)
+from imseg.models.encoders import Encoder, build_encoder, list_encoders
+from imseg.models.registry import (
+    SegOutput,
+    create_model,
+    list_models,
+    main_logits,
+    model_arguments,
+    model_info,
+    register_model,
+)
+
+__all__ = [
+    "Encoder",
+    "SegOutput",
+    "build_encoder",
+    "create_model",
+    "list_encoders",
+    "list_models",
+    "main_logits",
+    "model_arguments",
+    "model_info",
+    "register_model",
+]

@@ -1,0 +1,84 @@
+"""LR-ASPP: Howard et al., "Searching for MobileNetV3" (ICCV 2019), as implemented by torchvision.
+
+The high-level map (MobileNetV3's last conv, output stride 16) goes through
+a 1x1 conv-BN-ReLU to 128 channels, gated by a sigmoid of a 1x1 conv of its
+global average (a squeeze-excitation-like attention), upsampled to the
+stride-8 map and classified; the stride-8 map adds its own 1x1 class
+scores. The head keeps torchvision's module names (``classifier.cbr``,
+``.scale``, ``.low_classifier``, ``.high_classifier``) so torchvision
+LR-ASPP weights map onto it by renaming ``backbone.`` to ``encoder.features.``.
+
+One difference from torchvision: its low-level input is the *first* block
+at stride 8 (features[4] of mobilenet_v3_large), ours the *last* one
+(features[6]), the encoder contract's choice; both have 40 channels.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from imseg.models.encoders import Encoder, build_encoder
+from imseg.models.layers import resize_to
+from imseg.models.registry import register_model
+
+
+class LRASPPHead(nn.Module):
+    def __init__(self, low_channels: int, high_channels: int, num_classes: int, inter_channels: int = 128) -> None:
+        super().__init__()
+        self.cbr = nn.Sequential(
+            nn.Conv2d(high_channels, inter_channels, 1, bias=False),
+            nn.BatchNorm2d(inter_channels),
+            nn.ReLU(inplace=True),
+        )
+        self.scale = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(high_channels, inter_channels, 1, bias=False),
+            nn.Sigmoid(),
+        )
+        self.low_classifier = nn.Conv2d(low_channels, num_classes, 1)
+        self.high_classifier = nn.Conv2d(inter_channels, num_classes, 1)
+
+    def forward(self, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+        x = self.cbr(high) * self.scale(high)
+        x = resize_to(x, low.shape[-2:])
+        return self.low_classifier(low) + self.high_classifier(x)
+
+
+class LRASPP(nn.Module):
+    def __init__(self, encoder: Encoder, num_classes: int, inter_channels: int = 128) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.low_index = encoder.feature_index(8)
+        self.classifier = LRASPPHead(
+            encoder.channels[self.low_index], encoder.channels[-1], num_classes, inter_channels
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.encoder(x)
+        out = self.classifier(feats[self.low_index], feats[-1])
+        return resize_to(out, x.shape[-2:])
+
+
+@register_model(
+    "lraspp",
+    paper="Howard et al.: Searching for MobileNetV3",
+    year=2019,
+    summary="Lite R-ASPP: MobileNetV3 at output stride 16, a 128-channel 1x1 branch gated by global "
+    "attention, plus 1x1 class scores from the stride-8 features. Fast on CPU.",
+)
+def lraspp(
+    num_classes: int,
+    *,
+    encoder: str = "mobilenet_v3_large",
+    encoder_weights: str | None = None,
+    in_channels: int = 3,
+    output_stride: int = 16,
+    inter_channels: int = 128,
+) -> nn.Module:
+    if output_stride not in (16, 32):
+        # The head adds stride-8 scores to upsampled high-level scores; at 8 both would come from one stage.
+        raise ValueError(f"LR-ASPP uses output_stride 16 (as torchvision) or 32, got {output_stride!r}")
+    enc = build_encoder(encoder, in_channels=in_channels, output_stride=output_stride, weights=encoder_weights)
+    model = LRASPP(enc, num_classes, inter_channels=inter_channels)
+    model.preprocessing = enc.preprocessing.for_channels(in_channels)
+    return model

@@ -1,0 +1,76 @@
+"""The `imseg` command, run as a user runs it: in a subprocess."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from tests.helpers import tiny_camvid_folder, tiny_config
+
+
+def imseg(*args, cwd=None, check=True):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "imseg.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"imseg {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def test_models_lists_the_four_first_architectures():
+    out = imseg("models").stdout
+    for name in ("fcn8s", "unet", "deeplabv3plus", "lraspp"):
+        assert name in out
+
+
+def test_train_eval_predict_round_trip(camvid_root, tmp_path):
+    root = tiny_camvid_folder(camvid_root, tmp_path / "data")
+    cfg_path = tmp_path / "tiny.yaml"
+    cfg_path.write_text(yaml.safe_dump(tiny_config(root, tmp_path / "run")))
+    out = imseg("train", cfg_path, "--set", "train.epochs=1").stdout
+    assert "best val mIoU" in out
+    ckpt = tmp_path / "run" / "checkpoints" / "best.pt"
+    assert ckpt.is_file()
+    assert (tmp_path / "run" / "metrics.jsonl").read_text().strip()
+
+    ev = imseg("eval", ckpt, "--split", "val", "--out", tmp_path / "eval.json")
+    scores = json.loads((tmp_path / "eval.json").read_text())
+    assert 0.0 <= scores["mIoU"] <= 1.0 and len(scores["per_class_iou"]) == 11
+    assert ev.stdout.strip().splitlines()[-1] == f"val mIoU: {100 * scores['mIoU']:.1f}"
+    assert "Bicyclist" in ev.stdout  # the per-class table
+
+    imseg("predict", ckpt, root / "images", "--out", tmp_path / "pred")
+    for image in (root / "images").iterdir():
+        mask = Image.open(tmp_path / "pred" / image.name)
+        assert mask.mode == "P" and mask.size == (128, 96)
+        assert np.asarray(mask).max() < 11
+        assert Image.open(tmp_path / "pred" / f"{image.stem}_overlay.png").size == (128, 96)
+
+
+def test_cli_errors_are_one_clear_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochs: many\n")
+    proc = imseg("train", bad, check=False)
+    assert proc.returncode == 2
+    assert "train.epochs: expected int, got 'many'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+    proc = imseg("eval", tmp_path / "missing.pt", check=False)
+    assert proc.returncode == 2 and "missing.pt does not exist" in proc.stderr
+
+
+def test_demo_says_where_it_looked_when_data_is_missing(tmp_path):
+    env_root = tmp_path / "nowhere"
+    proc = subprocess.run(
+        [sys.executable, "-m", "imseg.cli", "demo", "--data-root", str(env_root), "--out-dir", str(tmp_path / "r")],
+        capture_output=True, text=True, env={**os.environ, "IMSEG_DATA": str(env_root)}, cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    assert str(env_root) in proc.stderr and "IMSEG_DATA" in proc.stderr

@@ -1,0 +1,122 @@
+"""Training, resume, checkpoints and prediction, end to end on real CamVid pixels."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from imseg.config import config_from_dict
+from imseg.engine.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from imseg.engine.evaluate import infer_logits
+from imseg.engine.predict import predict
+from imseg.engine.train import train
+from imseg.data import build_dataset
+from tests.helpers import tiny_camvid_folder, tiny_config
+
+
+@pytest.fixture(scope="module")
+def tiny_root(camvid_root, tmp_path_factory):
+    return tiny_camvid_folder(camvid_root, tmp_path_factory.mktemp("tiny"))
+
+
+def _quiet(msg: str) -> None:
+    pass
+
+
+def test_overfits_two_camvid_images(tiny_root, tmp_path):
+    cfg = config_from_dict(tiny_config(tiny_root, tmp_path / "run", **{"train.epochs": 40, "train.val_every": 40, "train.save_every": 40}))
+    cfg.data.val_split = "train"  # validate on the very images it trains on
+    result = train(cfg, log=_quiet)
+    assert result["val"]["pixel_accuracy"] > 0.90, result["val"]["pixel_accuracy"]
+
+
+def test_resume_gives_identical_weights(tiny_root, tmp_path):
+    straight = config_from_dict(tiny_config(tiny_root, tmp_path / "straight", **{"train.epochs": 2}))
+    train(straight, log=_quiet)
+
+    # Stopped after one epoch of a two-epoch schedule, as a killed job would be.
+    first = config_from_dict(tiny_config(tiny_root, tmp_path / "split", **{"train.epochs": 2, "train.stop_after": 1}))
+    train(first, log=_quiet)
+    assert load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")["epoch"] == 1
+    second = config_from_dict(tiny_config(tiny_root, tmp_path / "split", **{"train.epochs": 2}))
+    train(second, resume=tmp_path / "split" / "checkpoints" / "last.pt", log=_quiet)
+
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")
+    assert a["epoch"] == b["epoch"] == 2
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    # The optimiser state must match too, or the next epoch would diverge.
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(sa["exp_avg"], sb["exp_avg"])
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(tiny_root, tmp_path):
+    cfg = config_from_dict(tiny_config(tiny_root, tmp_path / "a", **{"train.epochs": 1}))
+    train(cfg, log=_quiet)
+    other = config_from_dict(
+        tiny_config(tiny_root, tmp_path / "b", **{"model.args": {"encoder": "resnet34"}, "train.epochs": 1})
+    )
+    with pytest.raises(CheckpointError, match="resnet34"):
+        train(other, resume=tmp_path / "a" / "checkpoints" / "last.pt", log=_quiet)
+
+
+def test_caffe_checkpoint_predicts_like_the_training_pipeline(tiny_root, tmp_path):
+    raw = tiny_config(tiny_root, tmp_path / "caffe", **{"train.epochs": 3})
+    raw["model"]["preprocessing"] = "caffe"
+    cfg = config_from_dict(raw)
+    train(cfg, log=_quiet)
+    ckpt = tmp_path / "caffe" / "checkpoints" / "last.pt"
+    state = load_checkpoint(ckpt)
+    assert state["preprocessing"]["channel_order"] == "BGR"
+    assert state["preprocessing"]["mean"] == pytest.approx([103.939, 116.779, 123.68])
+
+    model = load_model(ckpt)
+    ds = build_dataset(cfg.data, "train", train=False)
+    image, _ = ds[0]
+    from imseg.preprocessing import CAFFE, TORCHVISION
+
+    pipeline = infer_logits(model, image[None], CAFFE)[0].argmax(0).numpy()
+    through_predict = predict(model, ds.files[0][0])
+    np.testing.assert_array_equal(through_predict, pipeline)
+    # The check has teeth: normalising the torchvision way changes the masks.
+    wrong = infer_logits(model, image[None], TORCHVISION)[0].argmax(0).numpy()
+    assert (wrong != pipeline).mean() > 0.01
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "ck.pt"
+    save_checkpoint({"x": torch.ones(3)}, path)
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"x": torch.zeros(3)}, path)
+    assert torch.equal(load_checkpoint(path)["x"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]  # no stray temporary file
+
+
+def test_truncated_checkpoint_fails_clearly(tmp_path):
+    path = tmp_path / "ck.pt"
+    save_checkpoint({"x": torch.ones(1000)}, path)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_checkpoint(path)
+
+
+def test_predict_accepts_paths_arrays_and_pil(tiny_root, tmp_path):
+    from PIL import Image
+
+    cfg = config_from_dict(tiny_config(tiny_root, tmp_path / "run", **{"train.epochs": 1}))
+    train(cfg, log=_quiet)
+    model = load_model(tmp_path / "run" / "checkpoints" / "last.pt")
+    path = sorted((tiny_root / "images").iterdir())[0]
+    from_path = predict(model, path)
+    pil = Image.open(path).convert("RGB")
+    np.testing.assert_array_equal(predict(model, pil), from_path)
+    np.testing.assert_array_equal(predict(model, np.asarray(pil)), from_path)
+    assert from_path.shape == (96, 128)
+    with pytest.raises(ValueError, match="channels"):
+        predict(model, np.zeros((10, 10, 4), dtype=np.uint8))

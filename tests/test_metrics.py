@@ -1,0 +1,64 @@
+"""Scores derived from the confusion matrix, checked against torchmetrics' own metrics."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torchmetrics.functional.classification import multiclass_accuracy, multiclass_jaccard_index
+
+from imseg.losses import SegmentationLoss
+from imseg.metrics import ConfusionMatrix, scores_from_confusion
+
+
+def _random_batch(seed: int, k: int = 5, ignore: int = 255):
+    g = torch.Generator().manual_seed(seed)
+    target = torch.randint(0, k, (3, 17, 23), generator=g)
+    target[:, :3] = ignore
+    # predictions agree with the truth about 60% of the time
+    pred = torch.where(torch.rand(target.shape, generator=g) < 0.6, target, torch.randint(0, k, target.shape, generator=g))
+    pred[pred == ignore] = 0
+    return pred, target
+
+
+def test_streaming_scores_equal_torchmetrics():
+    k, ignore = 5, 255
+    cm = ConfusionMatrix(k, ignore)
+    preds, targets = [], []
+    for seed in range(4):  # streamed in pieces, compared on the whole
+        p, t = _random_batch(seed, k, ignore)
+        cm.update(p, t)
+        preds.append(p)
+        targets.append(t)
+    p, t = torch.cat(preds), torch.cat(targets)
+    s = cm.compute()
+    miou = multiclass_jaccard_index(p, t, num_classes=k, ignore_index=ignore, average="macro")
+    acc = multiclass_accuracy(p, t, num_classes=k, ignore_index=ignore, average="micro")
+    macc = multiclass_accuracy(p, t, num_classes=k, ignore_index=ignore, average="macro")
+    per_class = multiclass_jaccard_index(p, t, num_classes=k, ignore_index=ignore, average="none")
+    assert s["mIoU"] == pytest.approx(miou.item(), abs=1e-6)
+    assert s["pixel_accuracy"] == pytest.approx(acc.item(), abs=1e-6)
+    assert s["mean_class_accuracy"] == pytest.approx(macc.item(), abs=1e-6)
+    assert list(s["per_class_iou"].values()) == pytest.approx(per_class.tolist(), abs=1e-6)
+
+
+def test_absent_class_is_reported_absent_not_zero():
+    cm = torch.tensor([[5, 1, 0], [2, 4, 0], [0, 0, 0]])  # class 2: no truth, no prediction
+    s = scores_from_confusion(cm, ["a", "b", "c"])
+    assert s["per_class_iou"]["c"] is None
+    assert s["mIoU"] == pytest.approx((5 / 8 + 4 / 7) / 2)
+    # fwIoU weights each class's IoU by its share of ground-truth pixels
+    assert s["fwIoU"] == pytest.approx(6 / 12 * 5 / 8 + 6 / 12 * 4 / 7)
+
+
+def test_loss_ignores_pixels_and_survives_an_all_ignored_batch():
+    loss = SegmentationLoss(ignore_index=255)
+    logits = torch.randn(2, 4, 5, 5, requires_grad=True)
+    target = torch.full((2, 5, 5), 255)
+    value = loss(logits, target)
+    assert value.item() == 0.0 and not math.isnan(value.item())
+    value.backward()
+    assert torch.isfinite(logits.grad).all()
+    target[0, 0, 0] = 2
+    expected = torch.nn.functional.cross_entropy(logits[:1, :, :1, :1], target[:1, :1, :1])
+    assert loss(logits, target).item() == pytest.approx(expected.item(), rel=1e-6)

@@ -1,0 +1,207 @@
+"""Model contract, parametrised over the registry: logits at input size for any H x W, in train and
+eval mode; every parameter learns; any number of input channels; loud errors for bad names/arguments."""
+from __future__ import annotations
+
+import importlib
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from imseg.models import SegOutput, build_encoder, create_model, list_models, main_logits, model_info
+from imseg.models.fcn import FCN8s
+from imseg.models.layers import upsampling_deconv
+from imseg.preprocessing import Preprocessing
+
+NUM_CLASSES = 5
+# Keep the tests fast: FCN's 4096-channel fc6 (100M parameters) only runs in the slow test.
+FAST_KWARGS: dict[str, dict] = {"fcn8s": {"fc_channels": 32}}
+# Each model family's own test file (tests/test_zoo_<family>.py) may declare
+# FAST_KWARGS for its models; the registry-wide tests below use them all.
+for _path in sorted(Path(__file__).parent.glob("test_zoo_*.py")):
+    FAST_KWARGS.update(getattr(importlib.import_module(f"tests.{_path.stem}"), "FAST_KWARGS", {}))
+MODELS = list_models()
+
+
+def build(name: str, **kwargs) -> nn.Module:
+    torch.manual_seed(0)
+    return create_model(name, NUM_CLASSES, **{**FAST_KWARGS.get(name, {}), **kwargs})
+
+
+@lru_cache(maxsize=None)
+def cached(name: str) -> nn.Module:
+    """One default model per name, shared by the read-only shape tests."""
+    return build(name)
+
+
+def test_registry_lists_the_models() -> None:
+    assert {"fcn8s", "unet", "deeplabv3plus", "lraspp"} <= set(MODELS)
+    for name in MODELS:
+        info = model_info(name)
+        assert info.paper and info.summary and 2000 < info.year < 2100
+
+
+@pytest.mark.parametrize("size", [(97, 131), (64, 96)])
+@pytest.mark.parametrize("name", MODELS)
+def test_output_is_input_size_in_train_and_eval(name: str, size: tuple[int, int]) -> None:
+    model = cached(name)
+    model.train()
+    out = model(torch.randn(2, 3, *size))
+    assert isinstance(out, torch.Tensor)
+    assert tuple(out.shape) == (2, NUM_CLASSES, *size)
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, *size))
+    assert tuple(out.shape) == (1, NUM_CLASSES, *size)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_parameter_gets_a_gradient(name: str) -> None:
+    model = build(name).train()
+    x = torch.randn(2, 3, 64, 96)
+    target = torch.randint(0, NUM_CLASSES, (2, 64, 96))
+    F.cross_entropy(model(x), target).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not no_grad, f"parameters without gradient: {no_grad}"
+
+
+@pytest.mark.parametrize("in_channels", [1, 4])
+@pytest.mark.parametrize("name", MODELS)
+def test_in_channels(name: str, in_channels: int) -> None:
+    model = build(name, in_channels=in_channels).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, in_channels, 64, 96))
+    assert tuple(out.shape) == (1, NUM_CLASSES, 64, 96)
+    assert isinstance(model.preprocessing, Preprocessing)
+    assert model.preprocessing.num_channels == in_channels
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_spec_and_preprocessing_are_recorded(name: str) -> None:
+    model = cached(name)
+    assert model.imseg_spec["name"] == name
+    assert model.imseg_spec["num_classes"] == NUM_CLASSES
+    assert model.preprocessing.num_channels == 3
+
+
+def test_unknown_model_lists_choices() -> None:
+    with pytest.raises(ValueError, match="deeplabv3plus.*fcn8s.*lraspp.*unet"):
+        create_model("segformer9000", NUM_CLASSES)
+
+
+def test_unknown_argument_lists_choices() -> None:
+    with pytest.raises(TypeError, match=r"encoder_name.*accepts:.*encoder, encoder_weights"):
+        create_model("unet", NUM_CLASSES, encoder_name="resnet18")
+
+
+def test_unknown_encoder_lists_choices() -> None:
+    with pytest.raises(ValueError, match="unknown encoder 'resnet9'.*resnet18"):
+        create_model("unet", NUM_CLASSES, encoder="resnet9")
+
+
+def test_deeplab_aux_head_and_output_stride_8() -> None:
+    model = build("deeplabv3plus", encoder="resnet18", output_stride=8, aux=True).train()
+    assert model.aspp.convs[1][0].dilation == (12, 12)  # rates doubled at OS8
+    out = model(torch.randn(2, 3, 65, 75))
+    assert isinstance(out, SegOutput)
+    assert out.out.shape == out.aux.shape == (2, NUM_CLASSES, 65, 75)
+    (out.out.mean() + out.aux.mean()).backward()
+    assert all(p.grad is not None for p in model.parameters())
+    assert main_logits(out) is out.out
+
+
+def test_deeplab_separable_and_bad_output_stride() -> None:
+    model = build("deeplabv3plus", encoder="mobilenet_v3_small", separable=True).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 50, 70)).shape == (1, NUM_CLASSES, 50, 70)
+    with pytest.raises(ValueError, match="output_stride 16 or 8"):
+        build("deeplabv3plus", output_stride=32)
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("unet", {"encoder": "timm:convnext_atto"}),  # first feature at stride 4: two skip-less blocks
+        ("unet", {"encoder": "vgg16_bn", "upsample": "bilinear", "output_stride": 16}),
+        ("unet", {"encoder": "mobilenet_v3_large"}),
+        ("fcn8s", {"encoder": "resnet18"}),
+        ("lraspp", {"encoder": "mobilenet_v3_small"}),
+        ("lraspp", {"encoder": "resnet18", "output_stride": 32}),
+        ("deeplabv3plus", {"encoder": "timm:mobilenetv3_small_050"}),
+    ],
+)
+def test_other_encoders(name: str, kwargs: dict) -> None:
+    model = build(name, **kwargs).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 97, 131)).shape == (1, NUM_CLASSES, 97, 131)
+
+
+def test_unet_decoder_channels_must_match_the_encoder() -> None:
+    with pytest.raises(ValueError, match="decoder_channels needs 5 values"):
+        build("unet", encoder="resnet18", decoder_channels=(64, 32, 16))
+
+
+def test_bilinear_deconv_matches_bilinear_interpolation() -> None:
+    """FCN's transposed convs start as bilinear upsampling with half-pixel centres (away from the borders)."""
+    x = torch.randn(1, 3, 12, 10)
+    for factor in (2, 8):
+        up = upsampling_deconv(3, factor)(x)
+        ref = F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)
+        assert up.shape == ref.shape
+        m = factor  # border pixels differ: the deconv sees zeros outside, interpolate clamps
+        torch.testing.assert_close(up[..., m:-m, m:-m], ref[..., m:-m, m:-m])
+
+
+def test_fcn_fc6_fc7_come_from_vgg_classifier(tmp_path) -> None:
+    """With VGG weights, fc6/fc7 are VGG's first two fully connected layers reshaped into convs."""
+    fc = 8  # the real 4096 is the same reshape, just 500 times larger
+    state = build_encoder("vgg16").state_dict()
+    classifier = {
+        "classifier.0.weight": torch.randn(fc, 512 * 7 * 7),
+        "classifier.0.bias": torch.randn(fc),
+        "classifier.3.weight": torch.randn(fc, fc),
+        "classifier.3.bias": torch.randn(fc),
+        "classifier.6.weight": torch.randn(1000, fc),
+        "classifier.6.bias": torch.randn(1000),
+    }
+    path = tmp_path / "vgg16.pth"
+    torch.save({**state, **classifier}, path)
+    model = create_model("fcn8s", NUM_CLASSES, encoder_weights=str(path), fc_channels=fc)
+    assert isinstance(model, FCN8s)
+    torch.testing.assert_close(model.fc6.weight.detach(), classifier["classifier.0.weight"].view(fc, 512, 7, 7))
+    torch.testing.assert_close(model.fc7.weight.detach()[:, :, 0, 0], classifier["classifier.3.weight"])
+    torch.testing.assert_close(model.encoder.features[28].weight.detach(), state["features.28.weight"])
+    assert model.encoder.classifier_state == {}  # not kept around after use
+
+
+@pytest.mark.slow
+def test_fcn8s_full_size() -> None:
+    model = create_model("fcn8s", NUM_CLASSES).eval()
+    assert model.fc6.weight.shape == (4096, 512, 7, 7)
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 97, 131)).shape == (1, NUM_CLASSES, 97, 131)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MODELS)
+def test_onnx_export_with_dynamic_size_matches_eager(name: str, tmp_path) -> None:
+    """Shape code (padding, resizes) must stay symbolic so one exported graph serves every H x W."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    model = build(name).eval()
+    dims = {2: torch.export.Dim("h", min=64, max=2048), 3: torch.export.Dim("w", min=64, max=2048)}
+    program = torch.export.export(model, (torch.randn(1, 3, 97, 131),), dynamic_shapes={"x": dims})
+    path = tmp_path / f"{name}.onnx"
+    torch.onnx.export(program, (torch.randn(1, 3, 97, 131),), str(path), dynamo=True)
+    session = ort.InferenceSession(str(path))
+    for size in [(97, 131), (70, 250)]:
+        x = torch.randn(1, 3, *size)
+        with torch.no_grad():
+            expected = model(x).numpy()
+        (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        assert got.shape == expected.shape
+        # Random-init logits can be in the thousands: compare relative to their scale.
+        assert abs(got - expected).max() <= 1e-4 * max(1.0, abs(expected).max())
