@@ -1,13 +1,15 @@
 """Training, resume, checkpoints and prediction, end to end on real CamVid pixels."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from imseg.config import config_from_dict
 from imseg.engine.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
-from imseg.engine.evaluate import infer_logits
+from imseg.engine.inference import Inference, infer_logits
 from imseg.engine.predict import predict
 from imseg.engine.train import train
 from imseg.data import build_dataset
@@ -24,7 +26,7 @@ def _quiet(msg: str) -> None:
 
 
 def test_overfits_two_camvid_images(tiny_root, tmp_path):
-    cfg = config_from_dict(tiny_config(tiny_root, tmp_path / "run", **{"train.epochs": 40, "train.val_every": 40, "train.save_every": 40}))
+    cfg = config_from_dict(tiny_config(tiny_root, tmp_path / "run", **{"train.epochs": 100, "train.val_every": 100, "train.save_every": 100}))
     cfg.data.val_split = "train"  # validate on the very images it trains on
     result = train(cfg, log=_quiet)
     assert result["val"]["pixel_accuracy"] > 0.90, result["val"]["pixel_accuracy"]
@@ -76,11 +78,18 @@ def test_caffe_checkpoint_predicts_like_the_training_pipeline(tiny_root, tmp_pat
     image, _ = ds[0]
     from imseg.preprocessing import CAFFE, TORCHVISION
 
-    pipeline = infer_logits(model, image[None], CAFFE)[0].argmax(0).numpy()
-    through_predict = predict(model, ds.files[0][0])
-    np.testing.assert_array_equal(through_predict, pipeline)
+    pipeline = infer_logits(model, image[None], Inference(CAFFE))[0].argmax(0).numpy()
+    # `imseg predict`, as a user runs it, reads the preprocessing from the checkpoint.
+    from PIL import Image
+
+    from tests.test_cli import imseg
+
+    imseg("predict", ckpt, ds.files[0][0], "--out", tmp_path / "pred")
+    through_cli = np.asarray(Image.open(tmp_path / "pred" / ds.files[0][0].name))
+    np.testing.assert_array_equal(through_cli, pipeline)
+    np.testing.assert_array_equal(predict(model, ds.files[0][0]), pipeline)  # and the Python API
     # The check has teeth: normalising the torchvision way changes the masks.
-    wrong = infer_logits(model, image[None], TORCHVISION)[0].argmax(0).numpy()
+    wrong = infer_logits(model, image[None], Inference(TORCHVISION))[0].argmax(0).numpy()
     assert (wrong != pipeline).mean() > 0.01
 
 
@@ -120,3 +129,34 @@ def test_predict_accepts_paths_arrays_and_pil(tiny_root, tmp_path):
     assert from_path.shape == (96, 128)
     with pytest.raises(ValueError, match="channels"):
         predict(model, np.zeros((10, 10, 4), dtype=np.uint8))
+
+
+def test_bf16_autocast_trains_on_cpu(tiny_root, tmp_path):
+    cfg = config_from_dict(tiny_config(tiny_root, tmp_path / "amp", **{"train.epochs": 1, "train.amp": "bf16"}))
+    result = train(cfg, log=_quiet)
+    assert result["val"]["mIoU"] is not None
+    entries = (tmp_path / "amp" / "metrics.jsonl").read_text().splitlines()
+    assert all(np.isfinite(json.loads(e).get("loss", 0.0)) for e in entries)
+
+
+def test_grad_accumulation_counts_optimizer_steps(tiny_root, tmp_path):
+    cfg = config_from_dict(
+        tiny_config(tiny_root, tmp_path / "acc", **{"train.epochs": 1, "train.grad_accum": 2})
+    )
+    cfg.data.batch_size = 1  # 2 images -> 2 batches -> 1 optimiser step
+    train(cfg, log=_quiet)
+    state = load_checkpoint(tmp_path / "acc" / "checkpoints" / "last.pt")
+    assert state["global_step"] == 1
+    assert state["scheduler"]["last_epoch"] == 1
+
+
+def test_composite_loss_from_the_config_trains(tiny_root, tmp_path):
+    terms = [{"name": "ce", "weight": 1.0}, {"name": "dice", "weight": 0.5}, {"name": "boundary", "weight": 0.2}]
+    cfg = config_from_dict(tiny_config(tiny_root, tmp_path / "loss", **{"train.epochs": 1}))
+    cfg.loss.terms = terms
+    cfg.loss.class_weights = "median_frequency"
+    result = train(cfg, log=_quiet)
+    assert result["val"]["mIoU"] is not None
+    cfg.loss.terms = [{"name": "dice", "smoth": 1.0}]
+    with pytest.raises(ValueError, match="smoth"):
+        train(cfg, log=_quiet)

@@ -38,14 +38,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inference_overrides(args: argparse.Namespace) -> dict:
+    return {"mode": args.mode, "crop_size": args.crop, "stride": args.stride, "scales": args.scales,
+            "flip": True if args.flip else None, "window_batch": args.window_batch}
+
+
+def _add_inference_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("inference (default: the settings stored in the checkpoint)")
+    g.add_argument("--mode", choices=["whole", "slide"], help="whole image, or sliding windows")
+    g.add_argument("--crop", nargs=2, type=int, metavar=("H", "W"), help="sliding-window size")
+    g.add_argument("--stride", nargs=2, type=int, metavar=("H", "W"), help="sliding-window stride (default 2/3 crop)")
+    g.add_argument("--window-batch", type=int, help="windows run at once")
+    g.add_argument("--scales", nargs="+", type=float, help="test-time scales, e.g. 0.75 1 1.25")
+    g.add_argument("--flip", action="store_true", help="also average the mirrored image")
+
+
 def run_eval(checkpoint: str, split: str, data_root: str | None = None, out: str | None = None,
-             batch_size: int = 2, device: str = "auto", progress: bool = True) -> dict:
+             batch_size: int = 2, device: str = "auto", progress: bool = True,
+             inference_overrides: dict | None = None) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
     from imseg.data import build_dataset
     from imseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
     from imseg.engine.evaluate import evaluate
+    from imseg.engine.predict import model_inference
     from imseg.engine.runtime import resolve_device
     from imseg.metrics import format_table
 
@@ -57,11 +74,13 @@ def run_eval(checkpoint: str, split: str, data_root: str | None = None, out: str
     split_name = {"train": data_cfg.train_split, "val": data_cfg.val_split, "test": data_cfg.test_split}.get(split, split)
     ds = build_dataset(data_cfg, split_name, train=False)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=data_cfg.num_workers)
+    inference = model_inference(model, **(inference_overrides or {}))
     scores = evaluate(
         model, loader, num_classes=ds.num_classes, ignore_index=ds.ignore_index,
-        preprocessing=model.preprocessing, device=dev, class_names=ds.class_names,
-        eval_size=data_cfg.eval_size, progress=progress, desc=f"eval {split}",
+        inference=inference, device=dev, class_names=ds.class_names, progress=progress, desc=f"eval {split}",
     )
+    scores["inference"] = {"mode": inference.mode, "eval_size": inference.eval_size, "crop_size": inference.crop_size,
+                           "stride": inference.stride, "scales": list(inference.scales), "flip": inference.flip}
     scores.update(checkpoint=str(checkpoint), split=split, model=state["model"], epoch=state["epoch"],
                   torch=torch.__version__)
     out_path = Path(out) if out else Path(checkpoint).resolve().parent.parent / f"eval-{split}.json"
@@ -73,31 +92,60 @@ def run_eval(checkpoint: str, split: str, data_root: str | None = None, out: str
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    scores = run_eval(args.checkpoint, args.split, args.data_root, args.out, args.batch_size, args.device)
+    scores = run_eval(args.checkpoint, args.split, args.data_root, args.out, args.batch_size, args.device,
+                      inference_overrides=_inference_overrides(args))
     print(f"{args.split} mIoU: {100 * scores['mIoU']:.1f}")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from imseg.engine.checkpoint import load_model
-    from imseg.engine.predict import predict_files
+    from imseg.engine.predict import model_inference, predict_files
     from imseg.engine.runtime import resolve_device
 
     model = load_model(args.checkpoint, resolve_device(args.device))
-    written = predict_files(model, args.inputs, args.out, alpha=args.alpha)
+    inference = model_inference(model, **_inference_overrides(args))
+    written = predict_files(model, args.inputs, args.out, alpha=args.alpha, inference=inference)
     print(f"wrote {len(written)} masks and overlays to {args.out}")
     return 0
+
+
+def model_table(markdown: bool = False, size: tuple[int, int] = (360, 480)) -> str:
+    """One row per registered model: paper, year, our params and GFLOPs, the paper's numbers."""
+    from imseg.models.profile import profile_model
+    from imseg.models.registry import list_models, model_info
+
+    rows = []
+    for name in list_models():
+        info = model_info(name)
+        prof = profile_model(name, 11, size)
+        first_author = info.paper.split(",")[0].split(":")[0].strip()
+        rows.append((name, f"{first_author} {info.year}", f"{prof.params / 1e6:.2f}", f"{prof.gflops:.1f}",
+                     info.published or "-", info.summary))
+    head = ("model", "paper", "params (M)", f"GFLOPs {size[0]}x{size[1]}", "published")
+    if markdown:
+        lines = ["| " + " | ".join(head + ("idea",)) + " |", "|" + "---|" * (len(head) + 1)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head[:4])]
+    fmt = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    lines = [fmt(head[:4]) + "  published", "-" * (sum(widths) + 8 + 30)]
+    lines += [fmt(r[:4]) + "  " + r[4] for r in rows]
+    return "\n".join(lines)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
     from imseg.models.registry import list_models, model_arguments, model_info
 
-    for name in list_models():
-        info = model_info(name)
-        print(f"{name:<16} {info.paper} ({info.year})")
-        print(f"{'':<16} {info.summary}")
-        if args.verbose:
-            print(f"{'':<16} arguments: {model_arguments(name)}")
+    if args.names:
+        for name in list_models():
+            print(name)
+        return 0
+    print(model_table(markdown=args.markdown))
+    if args.verbose:
+        for name in list_models():
+            info = model_info(name)
+            print(f"\n{name}: {info.paper} ({info.year})\n  {info.summary}\n  arguments: {model_arguments(name)}")
     return 0
 
 
@@ -133,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="JSON file to write (default: eval-<split>.json in the run folder)")
     e.add_argument("--batch-size", type=int, default=2)
     e.add_argument("--device", default="auto")
+    _add_inference_flags(e)
     e.set_defaults(func=cmd_eval)
 
     pr = sub.add_parser("predict", help="write index-PNG masks and colour overlays for images or folders")
@@ -141,10 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, help="output folder")
     pr.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
     pr.add_argument("--device", default="auto")
+    _add_inference_flags(pr)
     pr.set_defaults(func=cmd_predict)
 
-    m = sub.add_parser("models", help="list the registered architectures")
-    m.add_argument("-v", "--verbose", action="store_true", help="show each builder's arguments")
+    m = sub.add_parser("models", help="the registered architectures: paper, params, GFLOPs at 360x480")
+    m.add_argument("-v", "--verbose", action="store_true", help="also show each model's idea and arguments")
+    m.add_argument("--markdown", action="store_true", help="print the table as Markdown (docs/models.md)")
+    m.add_argument("--names", action="store_true", help="only the names, one per line")
     m.set_defaults(func=cmd_models)
 
     pl = sub.add_parser("plot", help="draw loss and mIoU curves of a run folder")

@@ -71,10 +71,26 @@ class OptimConfig:
 
 @dataclass
 class LossConfig:
-    # 'none' | 'median_frequency' | an explicit list, one weight per class
+    # A weighted sum of losses from imseg.losses.LOSSES (ce, ohem, dice, focal,
+    # lovasz, boundary), each a dict: {name: dice, weight: 0.5, smooth: 1.0}.
+    terms: list[dict[str, Any]] = field(default_factory=lambda: [{"name": "ce"}])
+    # Given to the terms that take class weights (ce, ohem):
+    # 'none' | 'median_frequency' | an explicit list, one weight per class.
     class_weights: Union[str, list[float]] = "none"
-    label_smoothing: float = 0.0
+    # Auxiliary heads' logits get the same sum, times this weight.
     aux_weight: float = 0.4
+
+
+@dataclass
+class EvalConfig:
+    """How validation, `imseg eval` and `imseg predict` run the model (see imseg.engine.inference)."""
+
+    mode: Literal["whole", "slide"] = "whole"
+    crop_size: Optional[list[int]] = None  # sliding window H, W
+    stride: Optional[list[int]] = None  # default: 2/3 of the window
+    window_batch: int = 4
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    flip: bool = False
 
 
 @dataclass
@@ -106,6 +122,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:

@@ -81,6 +81,7 @@ def model_from_checkpoint(state: dict[str, Any], source: str = "checkpoint") -> 
     model.palette = [tuple(c) for c in state["palette"]]
     model.ignore_index = int(state["ignore_index"])
     model.eval_size = state.get("eval_size")
+    model.eval_settings = dict(state.get("eval") or {})
     return model
 
 

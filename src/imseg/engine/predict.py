@@ -10,7 +10,7 @@ from PIL import Image
 from torch import nn
 
 from imseg.data.palette import colorize, overlay
-from imseg.engine.evaluate import infer_logits
+from imseg.engine.inference import Inference, infer_logits, inference_from_config
 
 ImageLike = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -44,22 +44,37 @@ def _to_tensor(image: ImageLike, channels: int) -> torch.Tensor:
     return tensor
 
 
+def model_inference(model: nn.Module, **overrides) -> Inference:
+    """The inference settings a model was trained with (from its checkpoint), with overrides.
+
+    ``overrides`` are EvalConfig keys (mode, crop_size, stride, window_batch,
+    scales, flip) and ``eval_size``; None values are ignored.
+    """
+    settings = {**getattr(model, "eval_settings", {}), **{k: v for k, v in overrides.items() if v is not None}}
+    eval_size = settings.pop("eval_size", None) or getattr(model, "eval_size", None)
+    return inference_from_config(settings, model.preprocessing, eval_size)
+
+
 @torch.no_grad()
-def predict_logits(model: nn.Module, image: ImageLike, eval_size: Sequence[int] | None = None) -> torch.Tensor:
+def predict_logits(model: nn.Module, image: ImageLike, inference: Inference | None = None) -> torch.Tensor:
     """Float logits ``[K,H,W]`` for one image, at the image's own size."""
     device = next(model.parameters()).device
-    tensor = _to_tensor(image, model.preprocessing.num_channels).to(device)
+    inference = inference or model_inference(model)
+    tensor = _to_tensor(image, inference.preprocessing.num_channels).to(device)
     was_training = model.training
     model.eval()
-    size = eval_size if eval_size is not None else getattr(model, "eval_size", None)
-    logits = infer_logits(model, tensor.unsqueeze(0), model.preprocessing, size)[0]
+    logits = infer_logits(model, tensor.unsqueeze(0), inference)[0]
     model.train(was_training)
     return logits
 
 
-def predict(model: nn.Module, image: ImageLike, eval_size: Sequence[int] | None = None) -> np.ndarray:
-    """The class index of every pixel (``uint8`` or ``int64`` array ``[H,W]``)."""
-    mask = predict_logits(model, image, eval_size).argmax(0).cpu().numpy()
+def predict(model: nn.Module, image: ImageLike, inference: Inference | None = None) -> np.ndarray:
+    """The class index of every pixel (``uint8`` or ``int64`` array ``[H,W]``).
+
+    ``model`` comes from `imseg.load_model` (it carries its preprocessing and
+    inference settings) or is any imseg model with ``model.preprocessing``.
+    """
+    mask = predict_logits(model, image, inference).argmax(0).cpu().numpy()
     return mask.astype(np.uint8) if mask.max(initial=0) < 256 else mask
 
 
@@ -88,14 +103,15 @@ def save_mask(mask: np.ndarray, palette: Sequence[Sequence[int]], path: Path) ->
     im.save(path)
 
 
-def predict_files(model: nn.Module, inputs: Iterable[str | Path], out_dir: str | Path, alpha: float = 0.5) -> list[Path]:
+def predict_files(model: nn.Module, inputs: Iterable[str | Path], out_dir: str | Path, alpha: float = 0.5,
+                  inference: Inference | None = None) -> list[Path]:
     """Write ``<stem>.png`` (index mask) and ``<stem>_overlay.png`` for every input image."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     palette = model.palette
     written = []
     for path in expand_inputs(inputs):
-        mask = predict(model, path)
+        mask = predict(model, path, inference)
         save_mask(mask, palette, out / f"{path.stem}.png")
         with Image.open(path) as im:
             overlay(im.convert("RGB"), mask, palette, alpha).save(out / f"{path.stem}_overlay.png")

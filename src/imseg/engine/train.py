@@ -7,8 +7,8 @@ so "2 epochs" and "1 epoch, resume, 1 epoch" give identical weights.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -21,9 +21,10 @@ from imseg.config import Config, save_config
 from imseg.data import build_dataset, median_frequency_weights
 from imseg.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from imseg.engine.evaluate import evaluate
+from imseg.engine.inference import inference_from_config
 from imseg.engine.runtime import autocast, resolve_amp, resolve_device, seed_everything, seed_worker, set_threads
 from imseg.engine.schedule import build_optimizer, build_scheduler
-from imseg.losses import SegmentationLoss
+from imseg.losses import build_loss
 from imseg.models.registry import create_model
 from imseg.preprocessing import get_preprocessing
 
@@ -58,6 +59,7 @@ def _checkpoint_state(model, optimizer, scheduler, scaler, cfg, dataset, preproc
         "palette": [list(c) for c in dataset.palette],
         "ignore_index": dataset.ignore_index,
         "eval_size": cfg.data.eval_size,
+        "eval": dataclasses.asdict(cfg.eval),
         "config": cfg.to_dict(),
         "epoch": epoch,
         "global_step": step,
@@ -101,14 +103,15 @@ def train(cfg: Config, resume: str | Path | None = None, log: Callable[[str], No
         else model.preprocessing
     )
     model.to(device)
+    inference = inference_from_config(cfg.eval, preprocessing, cfg.data.eval_size, amp_dtype)
 
     weights = class_weights_for(cfg, train_ds, log)
-    criterion = SegmentationLoss(
-        train_ds.ignore_index,
-        weights.to(device) if weights is not None else None,
-        cfg.loss.label_smoothing,
-        cfg.loss.aux_weight,
-    )
+    criterion = build_loss(
+        cfg.loss.terms,
+        ignore_index=train_ds.ignore_index,
+        class_weights=weights.to(device) if weights is not None else None,
+        aux_weight=cfg.loss.aux_weight,
+    ).to(device)
 
     generator = torch.Generator()
     loader = DataLoader(
@@ -232,11 +235,9 @@ def train(cfg: Config, resume: str | Path | None = None, log: Callable[[str], No
                 val_loader,
                 num_classes=num_classes,
                 ignore_index=train_ds.ignore_index,
-                preprocessing=preprocessing,
+                inference=inference,
                 device=device,
                 class_names=train_ds.class_names,
-                eval_size=cfg.data.eval_size,
-                amp_dtype=amp_dtype,
                 progress=cfg.train.progress,
                 desc="val",
             )

@@ -34,18 +34,20 @@ class ModelInfo:
     paper: str
     year: int
     summary: str
+    # What the paper (or its reference code) publishes: parameters, scores.
+    published: str = ""
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
-def register_model(name: str, *, paper: str, year: int, summary: str) -> Callable:
+def register_model(name: str, *, paper: str, year: int, summary: str, published: str = "") -> Callable:
     """Decorator: register ``builder`` under ``name``. Duplicate names are an error."""
 
     def deco(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered (by {_REGISTRY[name].builder.__module__})")
-        _REGISTRY[name] = ModelInfo(name, builder, paper, year, summary)
+        _REGISTRY[name] = ModelInfo(name, builder, paper, year, summary, published)
         return builder
 
     return deco
