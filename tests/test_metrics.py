@@ -62,3 +62,62 @@ def test_loss_ignores_pixels_and_survives_an_all_ignored_batch():
     target[0, 0, 0] = 2
     expected = torch.nn.functional.cross_entropy(logits[:1, :, :1, :1], target[:1, :1, :1])
     assert loss(logits, target).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_boundary_f1_is_one_for_a_perfect_prediction_and_drops_with_a_shift():
+    from imseg.metrics import BoundaryF1
+
+    target = torch.zeros(1, 60, 80, dtype=torch.long)
+    target[:, 20:40, 30:50] = 1
+    perfect = BoundaryF1(2)
+    perfect.update(target.clone(), target)
+    assert perfect.compute()["mean_bf1"] == pytest.approx(1.0)
+    # 0.75% of the 100-pixel diagonal rounds to 1 pixel: a 1-pixel shift is
+    # tolerated, a 5-pixel shift is not.
+    near, far = BoundaryF1(2), BoundaryF1(2)
+    near.update(torch.roll(target, 1, dims=2), target)
+    far.update(torch.roll(target, 5, dims=2), target)
+    assert near.compute()["per_class_bf1"]["1"] == pytest.approx(1.0)
+    assert far.compute()["per_class_bf1"]["1"] < 0.6
+
+
+def test_boundary_f1_ignores_ignored_pixels_and_absent_classes():
+    from imseg.metrics import BoundaryF1
+
+    target = torch.zeros(1, 40, 40, dtype=torch.long)
+    target[:, :, 20:] = 255
+    m = BoundaryF1(3)
+    pred = torch.zeros_like(target)
+    pred[:, 10:15, 25:35] = 1  # a blob drawn where the truth is ignored
+    m.update(pred, target)
+    s = m.compute(["a", "b", "c"])
+    assert s["per_class_bf1"]["b"] is None and s["per_class_bf1"]["c"] is None
+
+
+def test_ece_matches_a_direct_computation():
+    from imseg.metrics import CalibrationError
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 9, 11, generator=g) * 3
+    target = torch.randint(0, 4, (2, 9, 11), generator=g)
+    target[0, 0] = 255
+    m = CalibrationError(bins=10)
+    m.update(logits, target)
+    probs = logits.softmax(1)
+    conf, pred = probs.max(1)
+    valid = target != 255
+    conf, hit = conf[valid], (pred[valid] == target[valid]).float()
+    expected = 0.0
+    for b in range(10):
+        sel = (conf > b / 10) & (conf <= (b + 1) / 10)
+        if sel.any():
+            expected += sel.float().mean() * (hit[sel].mean() - conf[sel].mean()).abs()
+    assert m.compute()["ece"] == pytest.approx(float(expected), abs=1e-6)
+
+
+def test_dice_precision_recall_from_the_matrix():
+    cm = torch.tensor([[5, 1], [2, 4]])
+    s = scores_from_confusion(cm, ["a", "b"])
+    assert s["per_class_dice"]["a"] == pytest.approx(2 * 5 / (6 + 7))
+    assert s["per_class_precision"]["a"] == pytest.approx(5 / 7)
+    assert s["per_class_recall"]["b"] == pytest.approx(4 / 6)

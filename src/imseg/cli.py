@@ -55,7 +55,7 @@ def _add_inference_flags(p: argparse.ArgumentParser) -> None:
 
 def run_eval(checkpoint: str, split: str, data_root: str | None = None, out: str | None = None,
              batch_size: int = 2, device: str = "auto", progress: bool = True,
-             inference_overrides: dict | None = None) -> dict:
+             inference_overrides: dict | None = None, boundary: bool = True, calibration: bool = True) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
@@ -78,6 +78,7 @@ def run_eval(checkpoint: str, split: str, data_root: str | None = None, out: str
     scores = evaluate(
         model, loader, num_classes=ds.num_classes, ignore_index=ds.ignore_index,
         inference=inference, device=dev, class_names=ds.class_names, progress=progress, desc=f"eval {split}",
+        boundary=boundary, calibration=calibration,
     )
     scores["inference"] = {"mode": inference.mode, "eval_size": inference.eval_size, "crop_size": inference.crop_size,
                            "stride": inference.stride, "scales": list(inference.scales), "flip": inference.flip}

@@ -10,6 +10,7 @@ import math
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 
@@ -66,6 +67,15 @@ def scores_from_confusion(cm: torch.Tensor, class_names: Sequence[str] | None = 
     total = cm.sum()
     freq = gt / total.clamp(min=1)
     miou = iou[present].mean().item() if present.any() else float("nan")
+    # Dice equals F1 per class: 2TP / (2TP + FP + FN). Precision is undefined
+    # for a class never predicted, recall for a class never present.
+    predicted = pred > 0
+    seen = present | predicted
+    nan = torch.full_like(tp, float("nan"))
+    dice = torch.where(seen, 2 * tp / (gt + pred).clamp(min=1), nan)
+    precision = torch.where(predicted, tp / pred.clamp(min=1), nan)
+    recall = acc
+    per_class = lambda t: {name: _nan_to_none(v) for name, v in zip(names, t.tolist())}  # noqa: E731
     return {
         "mIoU": _nan_to_none(miou),
         "pixel_accuracy": _nan_to_none((tp.sum() / total).item()) if total > 0 else None,
@@ -73,6 +83,10 @@ def scores_from_confusion(cm: torch.Tensor, class_names: Sequence[str] | None = 
         "fwIoU": _nan_to_none((freq[present] * iou[present]).sum().item()) if present.any() else None,
         "per_class_iou": {name: _nan_to_none(v) for name, v in zip(names, iou.tolist())},
         "per_class_accuracy": {name: _nan_to_none(v) for name, v in zip(names, acc.tolist())},
+        "mean_dice": _nan_to_none(dice[present].mean().item()) if present.any() else None,
+        "per_class_dice": per_class(dice),
+        "per_class_precision": per_class(precision),
+        "per_class_recall": per_class(recall),
         "pixels": int(total.item()),
     }
 
@@ -81,13 +95,127 @@ def format_table(scores: dict[str, Any]) -> str:
     """A per-class table a person reads in the terminal."""
     names = list(scores["per_class_iou"])
     width = max(12, *(len(n) for n in names))
-    lines = [f"{'class':<{width}}  {'IoU':>6}  {'acc':>6}", "-" * (width + 16)]
+    columns = [("IoU", "per_class_iou"), ("acc", "per_class_accuracy"), ("Dice", "per_class_dice"),
+               ("prec", "per_class_precision")]
+    if "per_class_bf1" in scores:
+        columns.append(("BF1", "per_class_bf1"))
+    fmt = lambda v: "   n/a" if v is None else f"{100 * v:6.1f}"  # noqa: E731
+    rule = "-" * (width + 8 * len(columns))
+    lines = [f"{'class':<{width}}" + "".join(f"  {title:>6}" for title, _ in columns), rule]
     for name in names:
-        iou, acc = scores["per_class_iou"][name], scores["per_class_accuracy"][name]
-        fmt = lambda v: "   n/a" if v is None else f"{100 * v:6.1f}"  # noqa: E731
-        lines.append(f"{name:<{width}}  {fmt(iou)}  {fmt(acc)}")
-    lines.append("-" * (width + 16))
-    for key in ("mIoU", "pixel_accuracy", "mean_class_accuracy", "fwIoU"):
+        lines.append(f"{name:<{width}}" + "".join(f"  {fmt(scores[key].get(name))}" for _, key in columns))
+    lines.append(rule)
+    for key in ("mIoU", "pixel_accuracy", "mean_class_accuracy", "fwIoU", "mean_dice", "mean_bf1", "ece"):
+        if key not in scores:
+            continue
         v = scores[key]
         lines.append(f"{key:<{width}}  {'n/a' if v is None else f'{100 * v:6.1f}'}")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------ boundary F1
+
+
+def _boundaries(onehot: torch.Tensor) -> torch.Tensor:
+    """Pixels of each class region that touch another label (8-neighbourhood)."""
+    x = onehot.float()
+    eroded = -F.max_pool2d(-x, 3, stride=1, padding=1)
+    return (x - eroded) > 0
+
+
+def _dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """Every pixel within Euclidean distance ``radius`` of a True pixel."""
+    if radius < 1:
+        return mask
+    r = torch.arange(-radius, radius + 1, device=mask.device, dtype=torch.float32)
+    disk = ((r[:, None] ** 2 + r[None, :] ** 2) <= radius**2).float()
+    b, k, h, w = mask.shape
+    out = F.conv2d(mask.float().reshape(b * k, 1, h, w), disk[None, None], padding=radius)
+    return (out > 0).reshape(b, k, h, w)
+
+
+class BoundaryF1:
+    """The BF score of SegNet's evaluation (Csurka et al., BMVC 2013).
+
+    Per image and class, the predicted and true region boundaries are matched
+    within a tolerance of ``tolerance`` (0.75%) of the image diagonal; F1 of
+    that precision and recall is averaged over the images in which the class
+    appears (in the truth or the prediction), then over classes. Ignored
+    pixels carry no boundary.
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int | None = 255, tolerance: float = 0.0075):
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.tolerance = tolerance
+        self.sum = torch.zeros(num_classes, dtype=torch.float64)
+        self.count = torch.zeros(num_classes, dtype=torch.float64)
+
+    @torch.no_grad()
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        if pred.ndim == target.ndim + 1:
+            pred = pred.argmax(1)
+        h, w = target.shape[-2:]
+        radius = max(1, round(self.tolerance * math.hypot(h, w)))
+        valid = (target != self.ignore_index) if self.ignore_index is not None else torch.ones_like(target, dtype=torch.bool)
+        classes = torch.arange(self.num_classes, device=target.device)[None, :, None, None]
+        gt = (target[:, None] == classes) & valid[:, None]
+        pr = (pred[:, None] == classes) & valid[:, None]
+        gt_b, pr_b = _boundaries(gt) & valid[:, None], _boundaries(pr) & valid[:, None]
+        gt_near, pr_near = _dilate(gt_b, radius), _dilate(pr_b, radius)
+        n_pr, n_gt = pr_b.sum((2, 3)).double(), gt_b.sum((2, 3)).double()
+        precision = (pr_b & gt_near).sum((2, 3)).double() / n_pr.clamp(min=1)
+        recall = (gt_b & pr_near).sum((2, 3)).double() / n_gt.clamp(min=1)
+        f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12),
+                         torch.zeros_like(precision))
+        appears = (n_pr > 0) | (n_gt > 0)
+        self.sum += (f1 * appears).sum(0).cpu()
+        self.count += appears.sum(0).double().cpu()
+
+    def compute(self, class_names: Sequence[str] | None = None) -> dict[str, Any]:
+        names = list(class_names) if class_names is not None else [str(i) for i in range(self.num_classes)]
+        per_class = torch.where(self.count > 0, self.sum / self.count.clamp(min=1), torch.full_like(self.sum, float("nan")))
+        seen = self.count > 0
+        return {
+            "mean_bf1": _nan_to_none(per_class[seen].mean().item()) if seen.any() else None,
+            "per_class_bf1": {n: _nan_to_none(v) for n, v in zip(names, per_class.tolist())},
+        }
+
+
+# ------------------------------------------------------------ calibration
+
+
+class CalibrationError:
+    """Expected calibration error over pixels (Guo et al., ICML 2017), ``bins`` equal-width bins."""
+
+    def __init__(self, ignore_index: int | None = 255, bins: int = 15):
+        self.ignore_index = ignore_index
+        self.bins = bins
+        self.count = torch.zeros(bins, dtype=torch.float64)
+        self.confidence = torch.zeros(bins, dtype=torch.float64)
+        self.correct = torch.zeros(bins, dtype=torch.float64)
+
+    @torch.no_grad()
+    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        conf, pred = logits.float().softmax(1).max(1)
+        valid = target != self.ignore_index if self.ignore_index is not None else torch.ones_like(target, dtype=torch.bool)
+        conf, hit = conf[valid].double(), (pred[valid] == target[valid]).double()
+        idx = (conf * self.bins).long().clamp(max=self.bins - 1)
+        self.count += torch.bincount(idx, minlength=self.bins).double().cpu()
+        self.confidence += torch.bincount(idx, weights=conf, minlength=self.bins).cpu()
+        self.correct += torch.bincount(idx, weights=hit, minlength=self.bins).cpu()
+
+    def compute(self) -> dict[str, Any]:
+        total = self.count.sum()
+        if total == 0:
+            return {"ece": None}
+        gap = (self.correct - self.confidence).abs()  # per bin: |acc - conf| x n
+        return {
+            "ece": (gap.sum() / total).item(),
+            "reliability": {
+                "bin_upper": [(i + 1) / self.bins for i in range(self.bins)],
+                "count": self.count.tolist(),
+                "accuracy": (self.correct / self.count.clamp(min=1)).tolist(),
+                "confidence": (self.confidence / self.count.clamp(min=1)).tolist(),
+            },
+        }
