@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import functools
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -24,6 +24,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from imseg.config import load_config
     from imseg.engine.train import train
 
+    if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _relaunch_with_torchrun(args.nproc, sys.argv[1:])
+
     overrides = list(args.set or [])
     if args.data_root:
         overrides.append(f"data.root={args.data_root}")
@@ -32,9 +35,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     result = train(cfg, resume=args.resume)
     best = result["best_val_mIoU"]
-    print(f"run folder: {result['out_dir']}")
-    if best is not None:
-        print(f"best val mIoU: {100 * best:.1f}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"run folder: {result['out_dir']}")
+        if best is not None:
+            print(f"best val mIoU: {100 * best:.1f}")
     return 0
 
 
@@ -57,23 +61,25 @@ def run_eval(checkpoint: str, split: str, data_root: str | None = None, out: str
              batch_size: int = 2, device: str = "auto", progress: bool = True,
              inference_overrides: dict | None = None, boundary: bool = True, calibration: bool = True) -> dict:
     import torch
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, Subset
 
     from imseg.data import build_dataset
     from imseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
     from imseg.engine.evaluate import evaluate
     from imseg.engine.predict import model_inference
-    from imseg.engine.runtime import resolve_device
+    from imseg.engine import distributed
     from imseg.metrics import format_table
 
     state = load_checkpoint(checkpoint)
     model = model_from_checkpoint(state, source=f"checkpoint {checkpoint}")
-    dev = resolve_device(device)
+    ctx = distributed.setup(device)  # under torchrun: one shard of the split per process
+    dev = ctx.device
     model.to(dev)
     data_cfg = _data_config_from_checkpoint(state, data_root)
     split_name = {"train": data_cfg.train_split, "val": data_cfg.val_split, "test": data_cfg.test_split}.get(split, split)
     ds = build_dataset(data_cfg, split_name, train=False)
-    loader = DataLoader(ds, batch_size=batch_size, num_workers=data_cfg.num_workers)
+    shard = Subset(ds, range(ctx.rank, len(ds), ctx.world_size)) if ctx.distributed else ds
+    loader = DataLoader(shard, batch_size=batch_size, num_workers=data_cfg.num_workers)
     inference = model_inference(model, **(inference_overrides or {}))
     scores = evaluate(
         model, loader, num_classes=ds.num_classes, ignore_index=ds.ignore_index,
@@ -85,18 +91,39 @@ def run_eval(checkpoint: str, split: str, data_root: str | None = None, out: str
     scores.update(checkpoint=str(checkpoint), split=split, model=state["model"], epoch=state["epoch"],
                   torch=torch.__version__)
     out_path = Path(out) if out else Path(checkpoint).resolve().parent.parent / f"eval-{split}.json"
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(scores, indent=2))
-    print(format_table(scores))
-    print(f"{len(ds)} images in {scores['seconds']:.1f}s; scores written to {out_path}")
+    scores["processes"] = ctx.world_size
+    if ctx.is_main:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(scores, indent=2))
+        print(format_table(scores))
+        print(f"{len(ds)} images in {scores['seconds']:.1f}s; scores written to {out_path}")
+    distributed.teardown(ctx)
     return scores
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     scores = run_eval(args.checkpoint, args.split, args.data_root, args.out, args.batch_size, args.device,
                       inference_overrides=_inference_overrides(args))
-    print(f"{args.split} mIoU: {100 * scores['mIoU']:.1f}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"{args.split} mIoU: {100 * scores['mIoU']:.1f}")
     return 0
+
+
+def _relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:
+    """`imseg train ... --nproc N`: the same command under torchrun, N processes on this machine."""
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            rest.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "imseg.cli", *rest]
+    print("running: " + " ".join(cmd))
+    os.execv(sys.executable, cmd)
+    return 0  # not reached
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -170,7 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model from a YAML config")
     t.add_argument("config", help="YAML config file (see configs/)")
     t.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override config values, e.g. train.epochs=5")
-    t.add_argument("--resume", metavar="CHECKPOINT", help="continue a run from its checkpoint")
+    t.add_argument("--resume", metavar="CHECKPOINT",
+                   help="continue a run from a checkpoint, or 'auto': the newest readable one in the run folder")
+    t.add_argument("--nproc", type=int, help="train with N processes on this machine (runs torchrun for you)")
     t.add_argument("--data-root", help="data folder (overrides data.root)")
     t.add_argument("--out-dir", help="run folder (overrides train.out_dir)")
     t.set_defaults(func=cmd_train)
@@ -218,8 +247,6 @@ def main(argv: list[str] | None = None) -> int:
     from imseg.config import ConfigError
     from imseg.data import DataError
     from imseg.engine.checkpoint import CheckpointError
-
-    import os
 
     args = build_parser().parse_args(argv)
     if os.environ.get("IMSEG_DEBUG"):

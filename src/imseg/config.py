@@ -103,6 +103,14 @@ class TrainConfig:
     val_every: int = 1
     # last.pt is written every ``save_every`` epochs and at the end of the run.
     save_every: int = 1
+    # Also a step-NNNNNNN.pt every this many optimiser steps (0: off), keeping
+    # the newest ``keep_checkpoints``: a crash then costs at most that many steps.
+    checkpoint_every_steps: int = 0
+    keep_checkpoints: int = 3
+    # A non-finite loss stops the run naming the step, or skips that step.
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    # Multi-GPU: convert BatchNorm to SyncBatchNorm (CUDA only).
+    sync_bn: bool = False
     grad_accum: int = 1
     # 'none', 'bf16', 'fp16', or 'auto' (bf16 on CPUs that support it, fp16 on CUDA)
     amp: Literal["none", "auto", "bf16", "fp16"] = "none"

@@ -136,6 +136,19 @@ class SegmentationDataset(Dataset):
         self.ignore_index: int = int(ignore_index)
         self.transform = transform
         self.label_map: dict[int, int] = dict(label_map or {})
+        # See set_augmentation_seed: None draws augmentations from torch's global RNG.
+        self.augmentation_seed: int | None = None
+        self.epoch = 0
+
+    def set_augmentation_seed(self, seed: int | None, epoch: int = 0) -> None:
+        """Draw each sample's augmentation from its own seed ``(seed, epoch, index)``.
+
+        A sample then comes out the same whichever process, DataLoader worker
+        or batch position loads it, so training on 1 or N processes, and a run
+        resumed in the middle of an epoch, see exactly the same data.
+        """
+        self.augmentation_seed = seed
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.files)
@@ -179,6 +192,12 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.load_pair(index)
-        if self.transform is not None:
-            image, mask = self.transform(image, mask)
-        return image, mask
+        if self.transform is None:
+            return image, mask
+        if self.augmentation_seed is None:
+            return self.transform(image, mask)
+        # fork_rng restores the global RNG afterwards: seeding a sample must
+        # not disturb dropout or anything else drawing from it.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.augmentation_seed * 1_000_003 + self.epoch) * 1_000_033 + index)
+            return self.transform(image, mask)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +91,30 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
     state = load_checkpoint(path)
     model = model_from_checkpoint(state, source=f"checkpoint {path}")
     return model.to(device).eval()
+
+
+def prune_checkpoints(directory: str | Path, keep: int, pattern: str = "step-*.pt") -> None:
+    """Delete all but the ``keep`` newest step checkpoints (by step number in the name)."""
+    files = sorted(Path(directory).glob(pattern))
+    for old in files[: max(0, len(files) - keep)]:
+        old.unlink(missing_ok=True)
+
+
+def find_resume_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint of ``run_dir`` with the most training steps that can be read.
+
+    A corrupt or truncated file (a crash mid-write on a filesystem without
+    atomic rename, a full disk) is skipped with a warning, and the next
+    newest is used. ``best.pt`` is never a resume point: it may be older.
+    """
+    folder = Path(run_dir) / "checkpoints"
+    candidates = [p for p in folder.glob("*.pt") if p.name != "best.pt"] if folder.is_dir() else []
+    readable: list[tuple[int, float, Path]] = []
+    for path in candidates:
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError as e:
+            warnings.warn(f"skipping unreadable checkpoint {path}: {e}", RuntimeWarning, stacklevel=2)
+            continue
+        readable.append((int(state.get("global_step", 0)), path.stat().st_mtime, path))
+    return max(readable)[2] if readable else None

@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from imseg.engine.distributed import all_reduce_
 from imseg.engine.inference import Inference, infer_logits
 from imseg.metrics import BoundaryF1, CalibrationError, ConfusionMatrix
 
@@ -47,6 +48,15 @@ def evaluate(
             ece.update(logits, masks)
         images_seen += images.shape[0]
     model.train(was_training)
+    # Under torchrun each process saw its own shard: the confusion matrix is
+    # summed by torchmetrics on compute(); the other sums are reduced here.
+    if bf1 is not None:
+        for t in (bf1.sum, bf1.count):
+            all_reduce_(t)
+    if ece is not None:
+        for t in (ece.count, ece.confidence, ece.correct):
+            all_reduce_(t)
+    images_seen = int(all_reduce_(torch.tensor([images_seen])).item())
     scores = cm.compute(class_names)
     if bf1 is not None:
         scores.update(bf1.compute(class_names))

@@ -1,9 +1,16 @@
 """The training loop, in plain PyTorch, readable in one sitting.
 
-Reproducibility is built on one rule: every epoch starts by re-seeding all
-random generators from (seed, epoch). The data order, the augmentations and
-dropout of an epoch are then a function of the checkpoint it starts from,
-so "2 epochs" and "1 epoch, resume, 1 epoch" give identical weights.
+Reproducibility rests on two rules:
+
+* every sample's augmentation is seeded from (seed, epoch, index), and the
+  sample order from (seed, epoch) (see `GlobalBatchSampler`), so the data
+  does not depend on how many processes or workers load it;
+* every checkpoint holds the model, optimiser, scheduler, AMP scaler, the
+  position in the epoch and the RNG state.
+
+So "2 epochs" and "1 epoch, resume, 1 epoch" give identical weights, a run
+killed mid-epoch resumes where it stopped, and torchrun with N processes
+sees the same global batches as one process.
 """
 from __future__ import annotations
 
@@ -14,15 +21,24 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from imseg.config import Config, save_config
 from imseg.data import build_dataset, median_frequency_weights
-from imseg.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from imseg.engine import distributed
+from imseg.engine.checkpoint import (
+    CheckpointError,
+    find_resume_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
 from imseg.engine.evaluate import evaluate
 from imseg.engine.inference import inference_from_config
-from imseg.engine.runtime import autocast, resolve_amp, resolve_device, seed_everything, seed_worker, set_threads
+from imseg.engine.runtime import autocast, resolve_amp, seed_everything, seed_worker, set_threads
+from imseg.engine.sampling import GlobalBatchSampler
 from imseg.engine.schedule import build_optimizer, build_scheduler
 from imseg.losses import build_loss
 from imseg.models.registry import create_model
@@ -31,6 +47,10 @@ from imseg.preprocessing import get_preprocessing
 
 def _epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
+
+
+def _print(message: str) -> None:
+    print(message, flush=True)  # flushed: logs piped to a file or CI show progress as it happens
 
 
 def class_weights_for(cfg: Config, train_ds, log: Callable[[str], None]) -> torch.Tensor | None:
@@ -50,37 +70,29 @@ def class_weights_for(cfg: Config, train_ds, log: Callable[[str], None]) -> torc
     raise ValueError(f"loss.class_weights must be 'none', 'median_frequency' or a list, got {spec!r}")
 
 
-def _checkpoint_state(model, optimizer, scheduler, scaler, cfg, dataset, preprocessing, epoch, step, best, metrics):
-    return {
-        "model": model.imseg_spec,
-        "state_dict": model.state_dict(),
-        "preprocessing": preprocessing.to_dict(),
-        "class_names": list(dataset.class_names),
-        "palette": [list(c) for c in dataset.palette],
-        "ignore_index": dataset.ignore_index,
-        "eval_size": cfg.data.eval_size,
-        "eval": dataclasses.asdict(cfg.eval),
-        "config": cfg.to_dict(),
-        "epoch": epoch,
-        "global_step": step,
-        "best_miou": best,
-        "metrics": metrics,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
-    }
-
-
-def _print(message: str) -> None:
-    print(message, flush=True)  # flushed: logs piped to a file or CI show progress as it happens
+class NonFiniteLoss(FloatingPointError):
+    pass
 
 
 def train(cfg: Config, resume: str | Path | None = None, log: Callable[[str], None] = _print) -> dict[str, Any]:
-    """Train per ``cfg``; returns a summary with the best validation mIoU and checkpoint paths."""
+    """Train per ``cfg``; returns a summary with the best validation mIoU and checkpoint paths.
+
+    ``resume``: a checkpoint path, or ``"auto"`` for the newest readable
+    checkpoint in ``train.out_dir`` (none found: start fresh). Under torchrun
+    elastic restarts, resuming is automatic.
+    """
+    ctx = distributed.setup(cfg.train.device)
+    try:
+        return _train(cfg, resume, log if ctx.is_main else (lambda message: None), ctx)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _train(cfg: Config, resume, log: Callable[[str], None], ctx: distributed.Context) -> dict[str, Any]:
     out_dir = Path(cfg.train.out_dir)
     ckpt_dir = out_dir / "checkpoints"
     set_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
+    device = ctx.device
     amp_dtype = resolve_amp(cfg.train.amp, device)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -90,18 +102,17 @@ def train(cfg: Config, resume: str | Path | None = None, log: Callable[[str], No
     train_ds = build_dataset(cfg.data, cfg.data.train_split, train=True)
     val_ds = build_dataset(cfg.data, cfg.data.val_split, train=False) if cfg.data.val_split else None
     num_classes = train_ds.num_classes
-    if len(train_ds) < cfg.data.batch_size:
-        raise ValueError(
-            f"the {cfg.data.train_split!r} split has {len(train_ds)} images, fewer than data.batch_size={cfg.data.batch_size}"
-        )
 
     model = create_model(cfg.model.name, num_classes, **cfg.model.args)
+    spec = model.imseg_spec
     in_channels = cfg.model.args.get("in_channels", 3)
     preprocessing = (
         get_preprocessing(cfg.model.preprocessing).for_channels(in_channels)
         if cfg.model.preprocessing is not None
         else model.preprocessing
     )
+    if cfg.train.sync_bn and ctx.distributed and device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     inference = inference_from_config(cfg.eval, preprocessing, cfg.data.eval_size, amp_dtype)
 
@@ -113,90 +124,137 @@ def train(cfg: Config, resume: str | Path | None = None, log: Callable[[str], No
         aux_weight=cfg.loss.aux_weight,
     ).to(device)
 
+    train_ds.set_augmentation_seed(cfg.train.seed)
+    sampler = GlobalBatchSampler(len(train_ds), cfg.data.batch_size, seed=cfg.train.seed,
+                                 rank=ctx.rank, world_size=ctx.world_size)
     generator = torch.Generator()
-    loader = DataLoader(
-        train_ds,
-        batch_size=cfg.data.batch_size,
-        shuffle=True,
-        drop_last=True,  # a last batch of 1 breaks BatchNorm statistics
-        num_workers=cfg.data.num_workers,
-        worker_init_fn=seed_worker,
-        generator=generator,
-        pin_memory=device.type == "cuda",
-    )
-    val_loader = (
-        DataLoader(val_ds, batch_size=max(1, cfg.data.batch_size // 2), num_workers=cfg.data.num_workers)
-        if val_ds is not None
-        else None
-    )
+    loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=cfg.data.num_workers,
+                        worker_init_fn=seed_worker, generator=generator, pin_memory=device.type == "cuda")
+    val_loader = None
+    if val_ds is not None:
+        # Each process scores its own share (rank, rank + world, ...): no image
+        # twice, none dropped; the confusion matrices are summed afterwards.
+        shard = Subset(val_ds, range(ctx.rank, len(val_ds), ctx.world_size)) if ctx.distributed else val_ds
+        val_loader = DataLoader(shard, batch_size=max(1, cfg.data.batch_size // (2 * ctx.world_size)),
+                                num_workers=cfg.data.num_workers)
     accum = cfg.train.grad_accum
-    steps_per_epoch = len(loader) // accum
+    batches_per_epoch = len(train_ds) // cfg.data.batch_size
+    steps_per_epoch = batches_per_epoch // accum
     if steps_per_epoch == 0:
-        raise ValueError(f"train.grad_accum={accum} is larger than the {len(loader)} batches of an epoch")
+        raise ValueError(f"train.grad_accum={accum} is larger than the {batches_per_epoch} batches of an epoch")
+    batches_per_epoch = steps_per_epoch * accum  # leftover batches cannot fill an accumulation window
     total_steps = steps_per_epoch * cfg.train.epochs
 
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, total_steps, cfg.optim)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
-    start_epoch, step, best_miou = 0, 0, -1.0
+    if resume is None and distributed.elastic_restart_count() > 0:
+        resume = "auto"  # torchrun restarted us after a failure: continue, don't start over
+    if resume == "auto":
+        resume = find_resume_checkpoint(out_dir)
+        log(f"--resume auto: {'continuing from ' + str(resume) if resume else 'no checkpoint yet, starting fresh'}")
+    start_epoch, start_batch, step, best_miou, rng_state = 0, 0, 0, -1.0, None
     if resume is not None:
         state = load_checkpoint(resume)
-        if state["model"] != model.imseg_spec:
+        if state["model"] != spec:
             raise CheckpointError(
-                f"checkpoint {resume} was made for model {state['model']}, but the config builds {model.imseg_spec}"
+                f"checkpoint {resume} was made for model {state['model']}, but the config builds {spec}"
             )
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        start_epoch, step, best_miou = state["epoch"], state["global_step"], state["best_miou"]
-        log(f"resumed from {resume} at epoch {start_epoch} (step {step})")
+        start_epoch, start_batch = state["epoch"], state.get("batch_in_epoch", 0)
+        step, best_miou, rng_state = state["global_step"], state["best_miou"], state.get("rng_state")
+        log(f"resumed from {resume} at epoch {start_epoch + 1}, batch {start_batch} (step {step})")
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out_dir / "config.yaml")
-    from torch.utils.tensorboard import SummaryWriter  # imported late: slow, and only needed here
+    train_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
+        if ctx.distributed else model
 
-    writer = SummaryWriter(str(out_dir / "tensorboard"))
-    log_file = open(out_dir / "metrics.jsonl", "a")
+    writer = log_file = None
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
+        from torch.utils.tensorboard import SummaryWriter  # imported late: slow, and only needed here
+
+        writer = SummaryWriter(str(out_dir / "tensorboard"))
+        log_file = open(out_dir / "metrics.jsonl", "a")
 
     def record(entry: dict[str, Any]) -> None:
-        log_file.write(json.dumps(entry) + "\n")
-        log_file.flush()
+        if log_file is not None:
+            log_file.write(json.dumps(entry) + "\n")
+            log_file.flush()
+
+    def checkpoint(path: Path, epoch_done: int, batch_in_epoch: int, metrics: dict[str, Any]) -> None:
+        if not ctx.is_main:
+            return
+        save_checkpoint({
+            "model": spec,
+            "state_dict": model.state_dict(),
+            "preprocessing": preprocessing.to_dict(),
+            "class_names": list(train_ds.class_names),
+            "palette": [list(c) for c in train_ds.palette],
+            "ignore_index": train_ds.ignore_index,
+            "eval_size": cfg.data.eval_size,
+            "eval": dataclasses.asdict(cfg.eval),
+            "config": cfg.to_dict(),
+            "epoch": epoch_done,
+            "batch_in_epoch": batch_in_epoch,
+            "global_step": step,
+            "best_miou": best_miou,
+            "metrics": metrics,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng_state": torch.get_rng_state(),
+        }, path)
 
     log(
         f"training {cfg.model.name} on {len(train_ds)} images for {cfg.train.epochs} epochs "
         f"({steps_per_epoch} steps each) on {device}"
+        + (f" x {ctx.world_size} processes" if ctx.distributed else "")
         + (f" with {amp_dtype} autocast" if amp_dtype else "")
     )
     val_scores: dict[str, Any] | None = None
     train_start = time.perf_counter()
     end_epoch = min(cfg.train.epochs, cfg.train.stop_after or cfg.train.epochs)
     for epoch in range(start_epoch, end_epoch):
+        skip = start_batch if epoch == start_epoch else 0
         seed_everything(_epoch_seed(cfg.train.seed, epoch))
+        if skip and rng_state is not None:
+            torch.set_rng_state(rng_state)  # mid-epoch resume: dropout continues where it stopped
         generator.manual_seed(_epoch_seed(cfg.train.seed, epoch))
-        model.train()
+        train_ds.set_augmentation_seed(cfg.train.seed, epoch)
+        sampler.set_epoch(epoch, skip)
+        train_model.train()
         epoch_start, loss_sum, loss_count = time.perf_counter(), 0.0, 0
-        bar = tqdm(
-            loader,
-            desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
-            disable=not cfg.train.progress,
-            leave=False,
-            total=steps_per_epoch * accum,
-        )
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not (cfg.train.progress and ctx.is_main),
+                   leave=False, initial=skip, total=batches_per_epoch)
         optimizer.zero_grad(set_to_none=True)
-        for i, (images, masks) in enumerate(bar):
-            if i >= steps_per_epoch * accum:
-                break  # leftover batches that cannot fill an accumulation window
+        for i, (images, masks) in enumerate(bar, start=skip):
+            if i >= batches_per_epoch:
+                break
             images = images.to(device, non_blocking=True)
             masks = masks.to(device, non_blocking=True)
             with autocast(device, amp_dtype):
-                output = model(preprocessing(images))
+                output = train_model(preprocessing(images))
             loss = criterion(output, masks)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch + 1}, step {step}")
+            # Every process must take the same decision, or DDP deadlocks.
+            finite_flag = torch.isfinite(loss.detach()).float().reshape(1)
+            finite = distributed.all_reduce_(finite_flag, torch.distributed.ReduceOp.MIN).item() > 0
+            if not finite:
+                where = f"epoch {epoch + 1}, batch {i}, optimiser step {step + 1}"
+                if cfg.train.on_nonfinite == "stop":
+                    raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at {where}; lower optim.lr, check the "
+                                        "data, or set train.on_nonfinite=skip")
+                log(f"skipping {where}: non-finite loss {loss.item()}")
+                optimizer.zero_grad(set_to_none=True)
+                continue
             scaler.scale(loss / accum).backward()
-            loss_sum += loss.item()
+            # The logged loss is the mean over processes: the loss of the global batch.
+            loss_value = distributed.all_reduce_(loss.detach().clone()).item() / ctx.world_size
+            loss_sum += loss_value
             loss_count += 1
             if (i + 1) % accum:
                 continue
@@ -209,11 +267,16 @@ def train(cfg: Config, resume: str | Path | None = None, log: Callable[[str], No
             scheduler.step()
             step += 1
             lr = optimizer.param_groups[0]["lr"]
-            bar.set_postfix(loss=f"{loss_sum / loss_count:.3f}", lr=f"{lr:.2e}")
-            if step % cfg.train.log_every == 0:
-                writer.add_scalar("train/loss", loss.item(), step)
+            bar.set_postfix(loss=f"{loss_sum / max(1, loss_count):.3f}", lr=f"{lr:.2e}")
+            if step % cfg.train.log_every == 0 and writer is not None:
+                writer.add_scalar("train/loss", loss_value, step)
                 writer.add_scalar("train/lr", lr, step)
-                record({"type": "train", "epoch": epoch + 1, "step": step, "loss": loss.item(), "lr": lr})
+                record({"type": "train", "epoch": epoch + 1, "step": step, "loss": loss_value, "lr": lr})
+            if cfg.train.checkpoint_every_steps and step % cfg.train.checkpoint_every_steps == 0 \
+                    and i + 1 < batches_per_epoch:
+                checkpoint(ckpt_dir / f"step-{step:08d}.pt", epoch, i + 1, {"step": step})
+                if ctx.is_main:
+                    prune_checkpoints(ckpt_dir, cfg.train.keep_checkpoints)
         bar.close()
         epoch_time = time.perf_counter() - epoch_start
         train_loss = loss_sum / max(1, loss_count)
@@ -226,32 +289,24 @@ def train(cfg: Config, resume: str | Path | None = None, log: Callable[[str], No
             "epoch_seconds": epoch_time,
             "images_per_second": loss_count * cfg.data.batch_size / epoch_time,
         }
-        writer.add_scalar("train/epoch_loss", train_loss, epoch + 1)
         is_last = epoch + 1 == cfg.train.epochs
         improved = False
         if val_loader is not None and ((epoch + 1) % cfg.train.val_every == 0 or is_last):
             val_scores = evaluate(
-                model,
-                val_loader,
-                num_classes=num_classes,
-                ignore_index=train_ds.ignore_index,
-                inference=inference,
-                device=device,
-                class_names=train_ds.class_names,
-                progress=cfg.train.progress,
-                desc="val",
+                model, val_loader, num_classes=num_classes, ignore_index=train_ds.ignore_index,
+                inference=inference, device=device, class_names=train_ds.class_names,
+                progress=cfg.train.progress and ctx.is_main, desc="val",
             )
             miou = val_scores["mIoU"] or 0.0
-            entry.update(
-                val_mIoU=miou,
-                val_pixel_accuracy=val_scores["pixel_accuracy"],
-                val_mean_class_accuracy=val_scores["mean_class_accuracy"],
-                val_seconds=val_scores["seconds"],
-            )
-            writer.add_scalar("val/mIoU", miou, epoch + 1)
-            writer.add_scalar("val/pixel_accuracy", val_scores["pixel_accuracy"] or 0.0, epoch + 1)
+            entry.update(val_mIoU=miou, val_pixel_accuracy=val_scores["pixel_accuracy"],
+                         val_mean_class_accuracy=val_scores["mean_class_accuracy"], val_seconds=val_scores["seconds"])
+            if writer is not None:
+                writer.add_scalar("val/mIoU", miou, epoch + 1)
+                writer.add_scalar("val/pixel_accuracy", val_scores["pixel_accuracy"] or 0.0, epoch + 1)
             improved = miou > best_miou
             best_miou = max(best_miou, miou)
+        if writer is not None:
+            writer.add_scalar("train/epoch_loss", train_loss, epoch + 1)
         record(entry)
         msg = f"epoch {epoch + 1}/{cfg.train.epochs}  loss {train_loss:.4f}  {epoch_time:.0f}s"
         if "val_mIoU" in entry:
@@ -259,17 +314,15 @@ def train(cfg: Config, resume: str | Path | None = None, log: Callable[[str], No
         log(msg)
 
         summary = {k: v for k, v in entry.items() if k != "type"}
-        state = lambda: _checkpoint_state(  # noqa: E731 - built only when a checkpoint is written
-            model, optimizer, scheduler, scaler, cfg, train_ds, preprocessing, epoch + 1, step, best_miou, summary
-        )
         if (epoch + 1) % cfg.train.save_every == 0 or epoch + 1 == end_epoch:
-            save_checkpoint(state(), ckpt_dir / "last.pt")
+            checkpoint(ckpt_dir / "last.pt", epoch + 1, 0, summary)
         if improved or (val_loader is None and is_last):
-            save_checkpoint(state(), ckpt_dir / "best.pt")
+            checkpoint(ckpt_dir / "best.pt", epoch + 1, 0, summary)
 
-    writer.close()
-    log_file.close()
-    if start_epoch >= cfg.train.epochs:
+    if writer is not None:
+        writer.close()
+        log_file.close()
+    if start_epoch >= end_epoch:
         log(f"nothing to do: the checkpoint already finished {start_epoch} epochs")
     return {
         "out_dir": str(out_dir),

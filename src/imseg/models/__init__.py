@@ -3,6 +3,10 @@
 Importing this package registers every built-in model.
 """
 from imseg.models import deeplab, fcn, lraspp, unet  # noqa: F401  (registration side effect)
+from imseg.models import dpc, xception  # noqa: F401  (DeepLab family: DPC model, aligned Xception encoders)
+from imseg.models import gcn, pan, pspnet, refinenet  # noqa: F401  (registration side effect)
+from imseg.models import deconvnet, segnet, unet_original  # noqa: F401  (registration side effect)
+from imseg.models import autodeeplab, fdnet, hrnet  # noqa: F401  (registration side effect)
 from imseg.models.encoders import Encoder, build_encoder, list_encoders
 from imseg.models.registry import (
     SegOutput,

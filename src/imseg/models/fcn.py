@@ -1,55 +1,212 @@
-"""FCN-8s: Long, Shelhamer & Darrell, "Fully Convolutional Networks for Semantic Segmentation" (CVPR 2015).
+"""FCN: Long, Shelhamer & Darrell, "Fully Convolutional Networks for Semantic Segmentation" (CVPR 2015).
 
-The ImageNet classifier becomes convolutional (fc6 = 7x7 conv, fc7 = 1x1
-conv), its class scores are upsampled with learned transposed convs
-initialised to bilinear interpolation and fused with scores predicted from
-pool4 (stride 16) and pool3 (stride 8): 2x, add, 2x, add, 8x.
+Two families live here.
 
-Differences from the Caffe release, all to allow any input size without the
-"pad 100 and crop with offsets" trick: the input is zero-padded to a
-multiple of 32 and the logits cropped back, fc6 has padding 3, and the
-upsampling convs have padding so each produces exactly 2x / 8x its input.
+**FCN-32s / 16s / 8s (VGG16), as released in shelhamer/fcn.berkeleyvision.org.**
+The ImageNet classifier becomes convolutional (fc6 = 7x7 conv, pad 0; fc7 =
+1x1 conv; each followed by ReLU and dropout 0.5), ``score_fr`` turns it into
+class scores at stride 32, and transposed convs initialised to bilinear
+interpolation bring them back to the input, fusing scores predicted from
+pool4 (16s, 8s) and pool3 (8s) on the way:
+
+* 32s: score_fr -> 32x (upscore)
+* 16s: score_fr -> 2x (upscore2) + score_pool4 -> 16x (upscore16)
+* 8s:  ... 16s fusion -> 2x (upscore_pool4) + score_pool3 -> 8x (upscore8)
+
+The 2x upsamplers are learned (paper sec. 4.2, 4.3: "intermediate upsampling
+layers are initialized to bilinear upsampling, and then learned"); the final
+32x / 16x / 8x ones are fixed bilinear ("final layer deconvolutional filters
+are fixed to bilinear interpolation"), so they are buffers, not parameters.
+(The released prototxts fix the 2x ones too, lr_mult 0; the paper's text is
+followed here.) The skip scores score_pool4 / score_pool3 start at zero, so a
+fresh 16s / 8s starts out computing exactly its coarser parent.
+
+Geometry (``geometry="caffe"``, the default for VGG encoders) is the
+released nets' own: conv1_1 pads by 100, pools round up (Caffe's ceil mode),
+fc6 has no padding, the deconvs have none either, and every fusion crops
+with the fixed offsets Caffe's ``coord_map`` computes for VGG16: score_pool4
+at 5, score_pool3 at 9, the final scores at 19 (32s), 27 (16s), 31 (8s).
+The pad of 100 makes the fc6 map large enough for any input (even 1x1) and
+the offsets put every output pixel exactly over its input pixel, so logits
+come back at the input's H x W for any size with no resizing.
+
+With another encoder (ResNet, MobileNet, timm) there is no such released
+geometry: ``geometry="padded"`` (the default there) pads the input to a
+multiple of 32, gives fc6 padding 3 and every deconv padding factor/2 so each
+produces exactly factor x its input, and crops the padding back off.
+
+**FCN on a dilated ResNet-50/101, as in torchvision** (``fcn_resnet50``,
+``fcn_resnet101``): output stride 8, an FCNHead (3x3 conv to in/4 channels ->
+BN -> ReLU -> dropout 0.1 -> 1x1) on layer4, bilinear resize to the input,
+optionally an auxiliary FCNHead on layer3. `load_torchvision_fcn` loads a
+torchvision ``fcn_resnet*`` state dict (e.g. the COCO-with-VOC-labels release).
 """
 from __future__ import annotations
 
+import os
+import warnings
+from collections.abc import Mapping
+from typing import Sequence
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from imseg.models.encoders import Encoder, build_encoder
-from imseg.models.layers import crop_padding, pad_to_multiple, upsampling_deconv
-from imseg.models.registry import register_model
+from imseg.models.encoders import Encoder, VGGEncoder, _adapt_input_conv, build_encoder, load_checked, read_state_dict
+from imseg.models.layers import FCNHead, bilinear_kernel, crop_padding, init_weights, pad_to_multiple, resize_to
+from imseg.models.registry import SegOutput, register_model
+from imseg.preprocessing import Preprocessing
+
+GEOMETRIES = ("caffe", "padded")
+
+# The caffe FCN releases subtract this BGR mean (voc-fcn*/net.py, solve.py), on 0-255 pixels,
+# with no std. Models loaded with caffe-converted FCN weights must use it instead of the
+# torchvision preprocessing their VGG encoder defaults to.
+FCN_CAFFE_PREPROCESSING = Preprocessing(
+    mean=(104.00698793, 116.66876762, 122.67891434), std=(1.0, 1.0, 1.0), channel_order="BGR", scale=1.0
+)
+
+# conv1_1's padding in the caffe nets, and the crop offsets that caffe.coord_map derives from
+# VGG16's layer geometry with it (each layer maps coordinates by an affine x -> a*x + b):
+#   pool5 cell q sits at input 32q - 83.5, fc6 (7x7, pad 0) cell at 32q + 12.5,
+#   upscore2 output y at 16y - 11.5 and pool4 cell z at 16z - 91.5       -> z = y + 5
+#   upscore_pool4 output t at 8t - 23.5 and pool3 cell w at 8w - 95.5    -> w = t + 9
+#   final outputs o at input o - 19 (32x), o - 27 (16x), o - 31 (8x).
+CONV1_PAD = 100
+POOL4_OFFSET = 5
+POOL3_OFFSET = 9
 
 
-class FCN8s(nn.Module):
-    def __init__(self, encoder: Encoder, num_classes: int, fc_channels: int = 4096, dropout: float = 0.5) -> None:
+def _crop(x: torch.Tensor, offset: int, size: Sequence[int]) -> torch.Tensor:
+    """``x[..., offset:offset + h, offset:offset + w]`` (Caffe's Crop layer with one offset for both axes).
+
+    Written as a negative pad for the reason given in layers.crop_padding:
+    under torch.export, slicing to a symbolic size adds guards it cannot prove.
+    """
+    h, w = size[0], size[1]
+    height, width = x.shape[-2:]
+    return F.pad(x, (-offset, offset + w - width, -offset, offset + h - height))
+
+
+class FixedBilinearUpsample(nn.Module):
+    """A transposed conv frozen at bilinear interpolation, like Caffe's Deconvolution with lr_mult 0.
+
+    The kernel is a (non-persistent) buffer: it is not a parameter (it never
+    learns and nothing is left without a gradient), and it is rebuilt from
+    ``factor`` rather than stored in checkpoints. Each class channel is
+    upsampled on its own (groups = channels), which computes exactly what
+    FCN's identity-across-channels ``surgery.interp`` kernel does, 1/channels
+    of the work.
+    """
+
+    def __init__(self, channels: int, factor: int, padding: int) -> None:
+        super().__init__()
+        self.factor, self.padding, self.channels = factor, padding, channels
+        kernel = bilinear_kernel(1, 2 * factor).expand(channels, 1, -1, -1).contiguous()
+        self.register_buffer("weight", kernel, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv_transpose2d(x, self.weight, stride=self.factor, padding=self.padding, groups=self.channels)
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}, factor={self.factor}, padding={self.padding}"
+
+
+class FCN(nn.Module):
+    """What FCN-32s, 16s and 8s share: the encoder, fc6/fc7, score_fr and the geometry.
+
+    Subclasses add their skip layers and write the fusion out in ``forward``.
+    """
+
+    final_factor: int  # the last, fixed bilinear upsampling
+    final_offset: int  # where the input starts in its output, caffe geometry
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        num_classes: int,
+        fc_channels: int = 4096,
+        dropout: float = 0.5,
+        geometry: str | None = None,
+    ) -> None:
         super().__init__()
         if encoder.output_stride != 32:
-            raise ValueError(f"FCN-8s needs an encoder at output stride 32, got {encoder.output_stride}")
+            raise ValueError(f"FCN needs an encoder at output stride 32, got {encoder.output_stride}")
+        if geometry is None:
+            geometry = "caffe" if isinstance(encoder, VGGEncoder) else "padded"
+        if geometry not in GEOMETRIES:
+            raise ValueError(f"geometry must be one of {GEOMETRIES} or None (the encoder's default), got {geometry!r}")
+        if geometry == "caffe":
+            if not isinstance(encoder, VGGEncoder):
+                raise ValueError(
+                    f"geometry='caffe' (conv1_1 pad 100 and the released crop offsets) is VGG16's; "
+                    f"encoder {encoder.name!r} needs geometry='padded'"
+                )
+            _use_caffe_geometry(encoder)
+        self.geometry = geometry
+        self._caffe = geometry == "caffe"
         self.encoder = encoder
+        self.num_classes = num_classes
         self.i8, self.i16, self.i32 = (encoder.feature_index(s) for s in (8, 16, 32))
-        c8, c16, c32 = (encoder.channels[i] for i in (self.i8, self.i16, self.i32))
 
-        # fc6 / fc7 as convolutions ("convolutionalised" classifier).
-        self.fc6 = nn.Conv2d(c32, fc_channels, 7, padding=3)
-        self.fc7 = nn.Conv2d(fc_channels, fc_channels, 1)
+        # fc6 / fc7 as convolutions ("convolutionalised" classifier). In the caffe geometry fc6
+        # has no padding (the pad 100 at conv1_1 already made room for its 7x7 window).
+        self.fc6 = nn.Conv2d(encoder.channels[self.i32], fc_channels, 7, padding=0 if self._caffe else 3)
         self.relu = nn.ReLU(inplace=True)
         self.drop6 = nn.Dropout(dropout)
+        self.fc7 = nn.Conv2d(fc_channels, fc_channels, 1)
         self.drop7 = nn.Dropout(dropout)
         self.score_fr = nn.Conv2d(fc_channels, num_classes, 1)
-        self.score_pool4 = nn.Conv2d(c16, num_classes, 1)
-        self.score_pool3 = nn.Conv2d(c8, num_classes, 1)
-        self.upscore2 = upsampling_deconv(num_classes, 2)
-        self.upscore_pool4 = upsampling_deconv(num_classes, 2)
-        self.upscore8 = upsampling_deconv(num_classes, 8)
-
-        for conv in (self.fc6, self.fc7, self.score_fr):
+        for conv in (self.fc6, self.fc7):
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(conv.bias)
-        # The paper zero-initialises the skip score layers: the net starts as
-        # FCN-32s and learns how much finer detail to mix in.
-        for conv in (self.score_pool4, self.score_pool3):
-            nn.init.zeros_(conv.weight)
-            nn.init.zeros_(conv.bias)
+        # The caffe nets leave score_fr at Caffe's default filler (zero). A zero classifier would
+        # stop every gradient to fc7 and below on the first step, so it starts small instead
+        # (torchvision's init for VGG's last Linear).
+        nn.init.normal_(self.score_fr.weight, std=0.01)
+        nn.init.zeros_(self.score_fr.bias)
+
+    # -- building blocks for the subclasses
+
+    def _skip_score(self, stride: int) -> nn.Conv2d:
+        """A 1x1 score layer on the stride-``stride`` map, zero-initialised as in the paper."""
+        conv = nn.Conv2d(self.encoder.channels[self.encoder.feature_index(stride)], self.num_classes, 1)
+        nn.init.zeros_(conv.weight)
+        nn.init.zeros_(conv.bias)
+        return conv
+
+    def _learned_upsample(self) -> nn.ConvTranspose2d:
+        """The 2x fusion upsampler: learnable, bilinear at start, no bias (kernel 4, stride 2)."""
+        deconv = nn.ConvTranspose2d(
+            self.num_classes, self.num_classes, 4, stride=2, padding=0 if self._caffe else 1, bias=False
+        )
+        with torch.no_grad():
+            deconv.weight.copy_(bilinear_kernel(self.num_classes, 4))
+        return deconv
+
+    def _final_upsample(self) -> FixedBilinearUpsample:
+        f = self.final_factor
+        return FixedBilinearUpsample(self.num_classes, f, padding=0 if self._caffe else f // 2)
+
+    def _begin(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+        """Padding before the encoder: none in the caffe geometry (conv1_1 pads itself)."""
+        if self._caffe:
+            return x, (0, 0, 0, 0)
+        return pad_to_multiple(x, 32)
+
+    def _scores(self, f32: torch.Tensor) -> torch.Tensor:
+        """fc6 -> ReLU -> dropout -> fc7 -> ReLU -> dropout -> score_fr: class scores at stride 32."""
+        y = self.drop6(self.relu(self.fc6(f32)))
+        y = self.drop7(self.relu(self.fc7(y)))
+        return self.score_fr(y)
+
+    def _align(self, skip: torch.Tensor, offset: int, like: torch.Tensor) -> torch.Tensor:
+        """Crop a skip score map onto the upsampled coarser scores it is added to."""
+        return _crop(skip, offset, like.shape[-2:]) if self._caffe else skip
+
+    def _end(self, y: torch.Tensor, size: Sequence[int], pads: tuple[int, int, int, int]) -> torch.Tensor:
+        """Cut the full-resolution scores back to the input's H x W."""
+        return _crop(y, self.final_offset, size) if self._caffe else crop_padding(y, pads)
 
     def load_fc_from_classifier(self, classifier: dict[str, torch.Tensor]) -> bool:
         """Initialise fc6/fc7 from a VGG ImageNet classifier (``classifier.0`` / ``classifier.3``).
@@ -71,25 +228,172 @@ class FCN8s(nn.Module):
             self.fc7.bias.copy_(b7)
         return True
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, pads = pad_to_multiple(x, 32)
-        feats = self.encoder(x)
-        f8, f16, f32 = feats[self.i8], feats[self.i16], feats[self.i32]
 
-        y = self.drop6(self.relu(self.fc6(f32)))
-        y = self.drop7(self.relu(self.fc7(y)))
-        y = self.upscore2(self.score_fr(y))  # stride 32 -> 16
-        y = self.upscore_pool4(y + self.score_pool4(f16))  # stride 16 -> 8
-        y = self.upscore8(y + self.score_pool3(f8))  # stride 8 -> 1
-        return crop_padding(y, pads)
+def _use_caffe_geometry(encoder: VGGEncoder) -> None:
+    """Turn a torchvision-layout VGG16 into the caffe FCN trunk: conv1_1 pad 100, pools that round up.
+
+    Neither changes a weight or a state-dict key, so ImageNet (or
+    caffe-converted) weights stay valid. Rounding up matters: floor-mode
+    pools drop the last row/column of odd-sized maps, and the logits near the
+    bottom/right edges would then differ from the released nets'.
+    """
+    encoder.features[0].padding = (CONV1_PAD, CONV1_PAD)
+    for i, module in enumerate(encoder.features):
+        if isinstance(module, nn.MaxPool2d):
+            encoder.features[i] = CaffeMaxPool()
+
+
+class CaffeMaxPool(nn.Module):
+    """2x2 stride-2 max pooling that rounds the output size up, as Caffe's pooling does.
+
+    Same result as ``nn.MaxPool2d(2, 2, ceil_mode=True)``, written as a
+    one-row/column pad with -inf and a floor-mode pool: ceil mode makes
+    torch.export guard on the parity of every map size (the graph would only
+    serve some H x W), the pad does not.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(F.pad(x, (0, 1, 0, 1), value=float("-inf")), 2, 2)
+
+
+class FCN32s(FCN):
+    """FCN-32s: score_fr upsampled 32x by a fixed bilinear deconv."""
+
+    final_factor, final_offset = 32, 19
+
+    def __init__(self, encoder: Encoder, num_classes: int, **kwargs) -> None:
+        super().__init__(encoder, num_classes, **kwargs)
+        self.upscore = self._final_upsample()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        x, pads = self._begin(x)
+        feats = self.encoder(x)
+        y = self.upscore(self._scores(feats[self.i32]))
+        return self._end(y, size, pads)
+
+
+class FCN16s(FCN):
+    """FCN-16s: 2x upsampled score_fr + score_pool4, then 16x."""
+
+    final_factor, final_offset = 16, 27
+
+    def __init__(self, encoder: Encoder, num_classes: int, **kwargs) -> None:
+        super().__init__(encoder, num_classes, **kwargs)
+        self.upscore2 = self._learned_upsample()
+        self.score_pool4 = self._skip_score(16)
+        self.upscore16 = self._final_upsample()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        x, pads = self._begin(x)
+        feats = self.encoder(x)
+        y = self.upscore2(self._scores(feats[self.i32]))  # stride 32 -> 16
+        y = y + self._align(self.score_pool4(feats[self.i16]), POOL4_OFFSET, y)
+        return self._end(self.upscore16(y), size, pads)  # stride 16 -> 1
+
+
+class FCN8s(FCN):
+    """FCN-8s: the 16s fusion, 2x + score_pool3, then 8x."""
+
+    final_factor, final_offset = 8, 31
+
+    def __init__(self, encoder: Encoder, num_classes: int, **kwargs) -> None:
+        super().__init__(encoder, num_classes, **kwargs)
+        self.upscore2 = self._learned_upsample()
+        self.score_pool4 = self._skip_score(16)
+        self.upscore_pool4 = self._learned_upsample()
+        self.score_pool3 = self._skip_score(8)
+        self.upscore8 = self._final_upsample()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        x, pads = self._begin(x)
+        feats = self.encoder(x)
+        y = self.upscore2(self._scores(feats[self.i32]))  # stride 32 -> 16
+        y = y + self._align(self.score_pool4(feats[self.i16]), POOL4_OFFSET, y)
+        y = self.upscore_pool4(y)  # stride 16 -> 8
+        y = y + self._align(self.score_pool3(feats[self.i8]), POOL3_OFFSET, y)
+        return self._end(self.upscore8(y), size, pads)  # stride 8 -> 1
+
+
+def _build_vgg_fcn(
+    cls: type[FCN],
+    num_classes: int,
+    encoder: str,
+    encoder_weights: str | None,
+    in_channels: int,
+    fc_channels: int,
+    geometry: str | None,
+) -> FCN:
+    enc = build_encoder(
+        encoder, in_channels=in_channels, output_stride=32, weights=encoder_weights, keep_classifier=True
+    )
+    model = cls(enc, num_classes, fc_channels=fc_channels, geometry=geometry)
+    # With VGG ImageNet weights, fc6/fc7 start from the ImageNet classifier as in the paper.
+    if not model.load_fc_from_classifier(enc.classifier_state) and "classifier.0.weight" in enc.classifier_state:
+        warnings.warn(
+            f"the weights' VGG classifier does not fit fc6/fc7 with fc_channels={fc_channels} "
+            "(ImageNet VGG16 needs 4096): fc6/fc7 start from random weights",
+            stacklevel=3,
+        )
+    enc.classifier_state = {}  # VGG's classifier is ~500 MB: do not keep it around
+    # Preprocessing follows the encoder's weights (torchvision: RGB, ImageNet mean/std). Weights
+    # converted from the caffe releases need FCN_CAFFE_PREPROCESSING instead.
+    model.preprocessing = enc.preprocessing.for_channels(in_channels)
+    return model
+
+
+_PAPER = "Long, Shelhamer, Darrell: Fully Convolutional Networks for Semantic Segmentation"
+
+
+@register_model(
+    "fcn32s",
+    paper=_PAPER,
+    year=2015,
+    published="134M params; VOC seg11valid 63.6 mIoU (reference code)",
+    summary="VGG16 with its classifier turned into convolutions (fc6 7x7, fc7 1x1); class scores at "
+    "stride 32 upsampled 32x by a fixed bilinear deconv. Caffe geometry (pad 100, crop 19).",
+)
+def fcn32s(
+    num_classes: int,
+    *,
+    encoder: str = "vgg16",
+    encoder_weights: str | None = None,
+    in_channels: int = 3,
+    fc_channels: int = 4096,
+    geometry: str | None = None,
+) -> nn.Module:
+    return _build_vgg_fcn(FCN32s, num_classes, encoder, encoder_weights, in_channels, fc_channels, geometry)
+
+
+@register_model(
+    "fcn16s",
+    paper=_PAPER,
+    year=2015,
+    published="134M params; VOC seg11valid 65.0 mIoU (reference code)",
+    summary="FCN-32s plus a pool4 skip: learned 2x upsampling of the stride-32 scores, added to "
+    "zero-initialised pool4 scores, then a fixed 16x bilinear upsampling.",
+)
+def fcn16s(
+    num_classes: int,
+    *,
+    encoder: str = "vgg16",
+    encoder_weights: str | None = None,
+    in_channels: int = 3,
+    fc_channels: int = 4096,
+    geometry: str | None = None,
+) -> nn.Module:
+    return _build_vgg_fcn(FCN16s, num_classes, encoder, encoder_weights, in_channels, fc_channels, geometry)
 
 
 @register_model(
     "fcn8s",
-    paper="Long, Shelhamer, Darrell: Fully Convolutional Networks for Semantic Segmentation",
+    paper=_PAPER,
     year=2015,
-    summary="VGG16 with its classifier turned into convolutions; learned 2x/2x/8x upsampling fusing "
-    "pool4 and pool3 scores. fc_channels=4096 is the paper's; smaller values give a slim variant.",
+    published="134M params; VOC seg11valid 65.5 mIoU (reference code), VOC2012 test 62.2",
+    summary="VGG16 with its classifier turned into convolutions; learned 2x/2x upsampling fusing "
+    "pool4 and pool3 scores, fixed 8x bilinear. fc_channels=4096 is the paper's; smaller gives a slim variant.",
 )
 def fcn8s(
     num_classes: int,
@@ -98,13 +402,130 @@ def fcn8s(
     encoder_weights: str | None = None,
     in_channels: int = 3,
     fc_channels: int = 4096,
+    geometry: str | None = None,
 ) -> nn.Module:
-    enc = build_encoder(
-        encoder, in_channels=in_channels, output_stride=32, weights=encoder_weights, keep_classifier=True
-    )
-    model = FCN8s(enc, num_classes, fc_channels=fc_channels)
-    # With VGG ImageNet weights, fc6/fc7 start from the ImageNet classifier as in the paper.
-    model.load_fc_from_classifier(enc.classifier_state)
-    enc.classifier_state = {}  # VGG's classifier is ~500 MB: do not keep it around
+    return _build_vgg_fcn(FCN8s, num_classes, encoder, encoder_weights, in_channels, fc_channels, geometry)
+
+
+# --------------------------------------------------------------------------- torchvision's FCN-ResNet
+
+
+class DilatedFCN(nn.Module):
+    """torchvision's FCN: FCNHead on the deepest map of a dilated encoder, bilinear resize to the input.
+
+    Module names: ``encoder`` (torchvision: ``backbone``), ``classifier``,
+    ``aux_classifier``; `load_torchvision_fcn` maps between them.
+    """
+
+    def __init__(self, encoder: Encoder, num_classes: int, aux: bool = False) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.classifier = FCNHead(encoder.channels[-1], num_classes)
+        # torchvision's auxiliary head sits on layer3, the map before the last.
+        self.aux_classifier = FCNHead(encoder.channels[-2], num_classes) if aux else None
+        init_weights(self.classifier)
+        if self.aux_classifier is not None:
+            init_weights(self.aux_classifier)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | SegOutput:
+        size = x.shape[-2:]
+        feats = self.encoder(x)
+        out = resize_to(self.classifier(feats[-1]), size)
+        if self.aux_classifier is None:
+            return out
+        return SegOutput(out, resize_to(self.aux_classifier(feats[-2]), size))
+
+
+# torchvision's FCNHead is a flat Sequential (conv, bn, relu, dropout, conv): the indices of its
+# modules with weights, in order.
+_TORCHVISION_HEAD_INDICES = ("0", "1", "4")
+
+
+def _head_key_map(head: nn.Module) -> dict[str, str]:
+    """torchvision FCNHead index -> our FCNHead module path, matched by order of the weighted modules."""
+    ours = [name for name, m in head.named_modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
+    return dict(zip(_TORCHVISION_HEAD_INDICES, ours))
+
+
+def load_torchvision_fcn(model: DilatedFCN, weights: str | os.PathLike | Mapping[str, torch.Tensor]) -> None:
+    """Load a torchvision ``fcn_resnet50`` / ``fcn_resnet101`` state dict (or file) into ``model``, strictly.
+
+    ``backbone.*`` becomes ``encoder.*`` and the heads' flat indices become
+    ours. A file with an auxiliary head loads into a model without one (the
+    aux head only serves training); the reverse is an error, as is any other
+    missing, unexpected or misshapen key. With ``in_channels`` other than 3
+    the RGB first conv is adapted as for encoder weights.
+    """
+    if isinstance(weights, Mapping):
+        source, state = "state dict", dict(weights)
+    else:
+        source, state = str(weights), read_state_dict(weights)
+    heads = {"classifier": model.classifier, "aux_classifier": model.aux_classifier}
+    mapped: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key.startswith("backbone."):
+            key = "encoder." + key[len("backbone."):]
+        else:
+            head, _, rest = key.partition(".")
+            if head == "aux_classifier" and model.aux_classifier is None:
+                continue
+            if heads.get(head) is not None:
+                index, _, tensor = rest.partition(".")
+                key = f"{head}.{_head_key_map(heads[head]).get(index, index)}.{tensor}"
+        mapped[key] = value
+    first = "encoder.conv1.weight"
+    in_channels = model.encoder.in_channels
+    if first in mapped and mapped[first].ndim == 4 and mapped[first].shape[1] != in_channels:
+        mapped[first] = _adapt_input_conv(mapped[first], in_channels)
+    load_checked(model, mapped, source, f"{type(model).__name__} (aux={model.aux_classifier is not None})")
+
+
+def _build_dilated_fcn(
+    encoder: str, num_classes: int, encoder_weights: str | None, in_channels: int, output_stride: int, aux: bool
+) -> DilatedFCN:
+    enc = build_encoder(encoder, in_channels=in_channels, output_stride=output_stride, weights=encoder_weights)
+    model = DilatedFCN(enc, num_classes, aux=aux)
     model.preprocessing = enc.preprocessing.for_channels(in_channels)
     return model
+
+
+_TV_SUMMARY = (
+    "torchvision's FCN: dilated {} at output stride 8, FCNHead (3x3 conv to 512, BN, ReLU, dropout 0.1, 1x1), "
+    "bilinear upsampling; aux FCNHead on layer3. Loads torchvision weights via load_torchvision_fcn."
+)
+
+
+@register_model(
+    "fcn_resnet50",
+    paper=_PAPER,
+    year=2015,
+    summary=_TV_SUMMARY.format("ResNet-50"),
+    published="35.3M params with aux; COCO-val2017 (VOC classes) 60.5 mIoU (torchvision)",
+)
+def fcn_resnet50(
+    num_classes: int,
+    *,
+    encoder_weights: str | None = None,
+    in_channels: int = 3,
+    output_stride: int = 8,
+    aux: bool = False,
+) -> nn.Module:
+    return _build_dilated_fcn("resnet50", num_classes, encoder_weights, in_channels, output_stride, aux)
+
+
+@register_model(
+    "fcn_resnet101",
+    paper=_PAPER,
+    year=2015,
+    summary=_TV_SUMMARY.format("ResNet-101"),
+    published="54.3M params with aux; COCO-val2017 (VOC classes) 63.7 mIoU (torchvision)",
+)
+def fcn_resnet101(
+    num_classes: int,
+    *,
+    encoder_weights: str | None = None,
+    in_channels: int = 3,
+    output_stride: int = 8,
+    aux: bool = False,
+) -> nn.Module:
+    return _build_dilated_fcn("resnet101", num_classes, encoder_weights, in_channels, output_stride, aux)

@@ -4,22 +4,65 @@ The high-level map (MobileNetV3's last conv, output stride 16) goes through
 a 1x1 conv-BN-ReLU to 128 channels, gated by a sigmoid of a 1x1 conv of its
 global average (a squeeze-excitation-like attention), upsampled to the
 stride-8 map and classified; the stride-8 map adds its own 1x1 class
-scores. The head keeps torchvision's module names (``classifier.cbr``,
-``.scale``, ``.low_classifier``, ``.high_classifier``) so torchvision
-LR-ASPP weights map onto it by renaming ``backbone.`` to ``encoder.features.``.
+scores.
 
-One difference from torchvision: its low-level input is the *first* block
-at stride 8 (features[4] of mobilenet_v3_large), ours the *last* one
-(features[6]), the encoder contract's choice; both have 40 channels.
+It is torchvision's model exactly: the head keeps torchvision's module
+names (``classifier.cbr``, ``.scale``, ``.low_classifier``,
+``.high_classifier``), and the stride-8 input is the *first* block at
+stride 8 (``features[4]`` of mobilenet_v3_large, torchvision's "C2"), not
+the last one (``features[6]``) that the encoder contract returns; see
+`tap_first_block_at_stride`. `lraspp_from_torchvision` loads a
+torchvision LR-ASPP state dict file.
 """
 from __future__ import annotations
+
+import os
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
-from imseg.models.encoders import Encoder, build_encoder
+from imseg.models.encoders import (
+    Encoder,
+    MobileNetV3Encoder,
+    _module_stride,
+    build_encoder,
+    load_checked,
+    read_state_dict,
+)
 from imseg.models.layers import resize_to
-from imseg.models.registry import register_model
+from imseg.models.registry import create_model, register_model
+
+
+def tap_first_block_at_stride(encoder: Encoder, stride: int) -> None:
+    """Make a MobileNetV3 encoder return the *first* block at ``stride`` instead of the last one.
+
+    torchvision's segmentation models read MobileNetV3 at its strided blocks
+    ("C_n", ``_is_cn``), e.g. ``features[4]`` for stride 8 of the large
+    model, while the encoder contract returns the last block of each stride
+    (``features[6]``). Same channels, different depth; matching torchvision
+    matters for loading its weights. Other encoders are left as they are,
+    and so is the deepest map (at output stride 8 the stride-8 map *is* the
+    encoder output).
+
+    (A private helper here rather than an encoder option because encoders.py
+    is shared; it only swaps which ``features`` index is tapped.)
+    """
+    if not isinstance(encoder, MobileNetV3Encoder):
+        return
+    index = encoder.feature_index(stride)
+    if index == len(encoder.channels) - 1:
+        return
+    cumulative, block_strides = 1, []
+    for block in encoder.features:
+        cumulative *= _module_stride(block)  # the real strides: dilated blocks already have stride 1
+        block_strides.append(cumulative)
+    first = block_strides.index(stride)
+    taps = sorted(encoder._taps)
+    taps[index] = first
+    encoder._taps = frozenset(taps)
+    convs = [m for m in encoder.features[first].modules() if isinstance(m, nn.Conv2d)]
+    encoder.channels = [*encoder.channels[:index], convs[-1].out_channels, *encoder.channels[index + 1:]]
 
 
 class LRASPPHead(nn.Module):
@@ -64,7 +107,7 @@ class LRASPP(nn.Module):
     paper="Howard et al.: Searching for MobileNetV3",
     year=2019,
     summary="Lite R-ASPP: MobileNetV3 at output stride 16, a 128-channel 1x1 branch gated by global "
-    "attention, plus 1x1 class scores from the stride-8 features. Fast on CPU.",
+    "attention, plus 1x1 class scores from the stride-8 features. Fast on CPU; equals torchvision's.",
 )
 def lraspp(
     num_classes: int,
@@ -79,6 +122,36 @@ def lraspp(
         # The head adds stride-8 scores to upsampled high-level scores; at 8 both would come from one stage.
         raise ValueError(f"LR-ASPP uses output_stride 16 (as torchvision) or 32, got {output_stride!r}")
     enc = build_encoder(encoder, in_channels=in_channels, output_stride=output_stride, weights=encoder_weights)
+    tap_first_block_at_stride(enc, 8)
     model = LRASPP(enc, num_classes, inter_channels=inter_channels)
     model.preprocessing = enc.preprocessing.for_channels(in_channels)
+    return model
+
+
+def _torchvision_state(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> tuple[dict, str]:
+    if isinstance(source, Mapping):
+        return dict(source), "the given state dict"
+    return read_state_dict(source), str(source)
+
+
+def lraspp_from_torchvision(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> nn.Module:
+    """Build our ``lraspp`` from a torchvision ``lraspp_mobilenet_v3_large`` state dict (file or mapping).
+
+    torchvision's ``backbone.N`` (MobileNetV3 ``features[N]``) becomes
+    ``encoder.features.N``; the head has the same names. The number of
+    classes is read from the weights. Returns the model in train mode, like
+    `create_model`.
+    """
+    state, where = _torchvision_state(source)
+    if "classifier.low_classifier.weight" not in state:
+        raise ValueError(f"{where} is not a torchvision LR-ASPP state dict (no classifier.low_classifier.weight)")
+    # features[16] is the last conv of mobilenet_v3_large; the small model ends at features[12].
+    encoder = "mobilenet_v3_large" if "backbone.16.0.weight" in state else "mobilenet_v3_small"
+    num_classes = state["classifier.low_classifier.weight"].shape[0]
+    inter_channels = state["classifier.high_classifier.weight"].shape[1]
+    model = create_model("lraspp", num_classes, encoder=encoder, inter_channels=inter_channels)
+    mapped = {
+        ("encoder.features." + k[len("backbone."):] if k.startswith("backbone.") else k): v for k, v in state.items()
+    }
+    load_checked(model, mapped, where, f"lraspp (encoder {encoder!r}, {num_classes} classes)")
     return model

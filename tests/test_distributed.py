@@ -1,0 +1,102 @@
+"""torchrun on this CPU (gloo): 2 processes train and evaluate like 1.
+
+The model is the original U-Net without BatchNorm or dropout, and the
+synthetic data has no ignored pixels (and scales >= 1, so crops need no
+padding): BatchNorm statistics and per-process
+loss means would otherwise differ legitimately between 1 and 2 processes
+(SyncBatchNorm exists only on GPUs).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from imseg.engine.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+
+
+def _synthetic(root, n=9, h=32, w=48):
+    """Images of two coloured rectangles on a background; the mask says which is which."""
+    g = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        mask = np.zeros((h, w), np.uint8)
+        for cls in (1, 2):
+            t, l = g.integers(0, h - 10), g.integers(0, w - 12)
+            mask[t : t + 10, l : l + 12] = cls
+        image = np.stack([mask * 100 + g.integers(0, 30, (h, w)) for _ in range(3)], -1).astype(np.uint8)
+        Image.fromarray(image).save(root / "images" / f"{i:02d}.png")
+        Image.fromarray(mask).save(root / "masks" / f"{i:02d}.png")
+    return root
+
+
+def _config(root, out_dir):
+    return {
+        "model": {"name": "unet_original", "args": {"base_channels": 4, "dropout": 0.0, "batch_norm": False}},
+        "data": {"name": "folder", "root": str(root), "class_names": ["bg", "a", "b"], "crop_size": [32, 48],
+                 "scale_range": [1.0, 1.25], "batch_size": 4, "num_workers": 0},
+        "optim": {"name": "sgd", "lr": 0.05},
+        "train": {"epochs": 2, "out_dir": str(out_dir), "progress": False, "log_every": 1},
+    }
+
+
+def _run(args, env_extra=None, timeout=300):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    env.pop("WORLD_SIZE", None)
+    proc = subprocess.run([sys.executable, "-m", "imseg.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp")
+    root = _synthetic(tmp / "data")
+    for name, extra in (("one", []), ("two", ["--nproc", "2"])):
+        cfg = tmp / f"{name}.yaml"
+        cfg.write_text(yaml.safe_dump(_config(root, tmp / name)))
+        _run(["train", cfg, *extra])
+    return tmp
+
+
+def _losses(run_dir):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [e["loss"] for e in map(json.loads, lines) if e["type"] == "train"]
+
+
+@pytest.mark.slow
+def test_two_processes_follow_the_one_process_loss_curve_and_weights(runs):
+    one, two = _losses(runs / "one"), _losses(runs / "two")
+    assert len(one) == len(two) == 4  # 9 images, global batch 4: 2 steps x 2 epochs
+    np.testing.assert_allclose(two, one, rtol=1e-4)
+    a = load_checkpoint(runs / "one" / "checkpoints" / "last.pt")["state_dict"]
+    b = load_checkpoint(runs / "two" / "checkpoints" / "last.pt")["state_dict"]
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_sharded_evaluation_gives_exactly_the_one_process_confusion_matrix(runs):
+    ckpt = runs / "one" / "checkpoints" / "last.pt"
+    _run(["eval", ckpt, "--split", "val", "--out", runs / "eval1.json"])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "imseg.cli",
+           "eval", str(ckpt), "--split", "val", "--out", str(runs / "eval2.json")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    one = json.loads((runs / "eval1.json").read_text())
+    two = json.loads((runs / "eval2.json").read_text())
+    assert one["images"] == two["images"] == 9  # odd: shards of 5 and 4, nothing doubled or dropped
+    assert two["processes"] == 2
+    assert one["confusion_matrix"] == two["confusion_matrix"]
+    assert one["mean_bf1"] == pytest.approx(two["mean_bf1"], abs=1e-12)

@@ -1,0 +1,102 @@
+"""A run killed at any moment (even mid-checkpoint) resumes to the same weights."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from imseg.engine.checkpoint import load_checkpoint
+from tests.test_distributed import _config, _run, _synthetic
+
+
+def _fault_config(root, out_dir, **train):
+    cfg = _config(root, out_dir)
+    cfg["data"]["batch_size"] = 2
+    cfg["train"].update({"checkpoint_every_steps": 1, "keep_checkpoints": 2, **train})
+    return cfg
+
+
+def _train_lines(run_dir):
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    return sum(1 for line in path.read_text().splitlines() if '"type": "train"' in line)
+
+
+def _weights(run_dir):
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt")["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("faults")
+    root = _synthetic(tmp / "data", n=17)
+    cfg = tmp / "ref.yaml"
+    cfg.write_text(yaml.safe_dump(_fault_config(root, tmp / "ref")))
+    _run(["train", cfg])
+    return tmp, root
+
+
+@pytest.mark.slow
+def test_sigkill_at_a_random_step_then_resume_auto_matches_an_uninterrupted_run(reference):
+    tmp, root = reference
+    run = tmp / "killed"
+    cfg = tmp / "killed.yaml"
+    cfg.write_text(yaml.safe_dump(_fault_config(root, run)))
+    kill_at = random.Random(os.getpid()).randint(2, 14)  # of 16 steps
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "imseg.cli", "train", str(cfg)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while _train_lines(run) < kill_at and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)  # no chance to clean up: the checkpoint may be mid-write
+    proc.wait()
+    for path in (run / "checkpoints").glob("*.pt"):
+        load_checkpoint(path)  # never a truncated checkpoint under a real name
+    _run(["train", cfg, "--resume", "auto"])
+    expected, got = _weights(tmp / "ref"), _weights(run)
+    for key in expected:
+        assert torch.equal(got[key], expected[key]), f"{key} differs after a kill at step {kill_at}"
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
+              if '"type": "train"' in line]
+    assert len(losses) >= 16
+
+
+@pytest.mark.slow
+def test_a_corrupt_newest_checkpoint_is_skipped(reference):
+    tmp, root = reference
+    run = tmp / "corrupt"
+    cfg = tmp / "corrupt.yaml"
+    cfg.write_text(yaml.safe_dump(_fault_config(root, run, stop_after=1)))
+    _run(["train", cfg])  # epoch 1 of 2: last.pt is the newest checkpoint
+    last = run / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    cfg.write_text(yaml.safe_dump(_fault_config(root, run)))  # the whole schedule this time
+    proc = _run(["train", cfg, "--resume", "auto"])
+    assert "skipping unreadable checkpoint" in proc.stderr and "last.pt" in proc.stderr
+    expected, got = _weights(tmp / "ref"), _weights(run)
+    for key in expected:
+        assert torch.equal(got[key], expected[key]), key
+
+
+def test_nonfinite_loss_stops_naming_the_step(tmp_path):
+    root = _synthetic(tmp_path / "data")
+    cfg = _config(root, tmp_path / "nan")
+    cfg["optim"]["lr"] = 1e30  # diverges within a step or two
+    cfg["train"]["epochs"] = 3
+    path = tmp_path / "nan.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "imseg.cli", "train", str(path)], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode != 0
+    assert "non-finite loss" in proc.stderr and "optimiser step" in proc.stderr
