@@ -75,7 +75,6 @@ def _losses(run_dir):
     return [e["loss"] for e in map(json.loads, lines) if e["type"] == "train"]
 
 
-@pytest.mark.slow
 def test_two_processes_follow_the_one_process_loss_curve_and_weights(runs):
     one, two = _losses(runs / "one"), _losses(runs / "two")
     assert len(one) == len(two) == 4  # 9 images, global batch 4: 2 steps x 2 epochs
@@ -86,7 +85,6 @@ def test_two_processes_follow_the_one_process_loss_curve_and_weights(runs):
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.slow
 def test_sharded_evaluation_gives_exactly_the_one_process_confusion_matrix(runs):
     ckpt = runs / "one" / "checkpoints" / "last.pt"
     _run(["eval", ckpt, "--split", "val", "--out", runs / "eval1.json"])

@@ -160,3 +160,25 @@ def test_composite_loss_from_the_config_trains(tiny_root, tmp_path):
     cfg.loss.terms = [{"name": "dice", "smoth": 1.0}]
     with pytest.raises(ValueError, match="smoth"):
         train(cfg, log=_quiet)
+
+
+def test_export_safetensors_and_onnx_round_trip(tiny_root, tmp_path):
+    from tests.test_cli import imseg
+
+    cfg = config_from_dict(tiny_config(tiny_root, tmp_path / "run", **{"train.epochs": 1}))
+    cfg.model.preprocessing = "caffe"
+    train(cfg, log=_quiet)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    image = sorted((tiny_root / "images").iterdir())[0]
+
+    imseg("export", ckpt, "--format", "safetensors", "--out", tmp_path / "model.safetensors")
+    exported = load_model(tmp_path / "model.safetensors")
+    assert exported.preprocessing.channel_order == "BGR"  # the preprocessing travels with the weights
+    np.testing.assert_array_equal(predict(exported, image), predict(load_model(ckpt), image))
+
+    out = imseg("export", ckpt, "--out", tmp_path / "model.onnx", "--size", "96", "128").stdout
+    report = json.loads(out)
+    assert report["check_size"] == [113, 115]  # checked at another size than exported
+    assert report["max_abs_difference"] <= 1e-4 * max(1.0, report["max_abs_logit"])
+    meta = json.loads((tmp_path / "model.json").read_text())
+    assert meta["preprocessing"]["channel_order"] == "BGR" and len(meta["class_names"]) == 11

@@ -45,7 +45,6 @@ def reference(tmp_path_factory):
     return tmp, root
 
 
-@pytest.mark.slow
 def test_sigkill_at_a_random_step_then_resume_auto_matches_an_uninterrupted_run(reference):
     tmp, root = reference
     run = tmp / "killed"
@@ -71,7 +70,6 @@ def test_sigkill_at_a_random_step_then_resume_auto_matches_an_uninterrupted_run(
     assert len(losses) >= 16
 
 
-@pytest.mark.slow
 def test_a_corrupt_newest_checkpoint_is_skipped(reference):
     tmp, root = reference
     run = tmp / "corrupt"

@@ -177,6 +177,20 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from imseg.engine.checkpoint import load_model
+    from imseg.engine.export import export_onnx, export_safetensors
+
+    model = load_model(args.checkpoint)
+    out = Path(args.out)
+    if args.format == "safetensors":
+        print(f"wrote {export_safetensors(model, out)} (load it with imseg.load_model)")
+        return 0
+    report = export_onnx(model, out, tuple(args.size), dynamic=not args.static, check=not args.no_check)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from imseg.engine.plots import plot_curves
 
@@ -228,6 +242,15 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--markdown", action="store_true", help="print the table as Markdown (docs/models.md)")
     m.add_argument("--names", action="store_true", help="only the names, one per line")
     m.set_defaults(func=cmd_models)
+
+    x = sub.add_parser("export", help="export a checkpoint to ONNX (checked with onnxruntime) or safetensors")
+    x.add_argument("checkpoint")
+    x.add_argument("--format", choices=["onnx", "safetensors"], default="onnx")
+    x.add_argument("--out", required=True, help="output file (.onnx or .safetensors)")
+    x.add_argument("--size", nargs=2, type=int, default=[360, 480], metavar=("H", "W"), help="example input size")
+    x.add_argument("--static", action="store_true", help="fix H x W to --size instead of dynamic")
+    x.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    x.set_defaults(func=cmd_export)
 
     pl = sub.add_parser("plot", help="draw loss and mIoU curves of a run folder")
     pl.add_argument("run_dir")

@@ -94,7 +94,7 @@ def scores_from_confusion(cm: torch.Tensor, class_names: Sequence[str] | None = 
 def format_table(scores: dict[str, Any]) -> str:
     """A per-class table a person reads in the terminal."""
     names = list(scores["per_class_iou"])
-    width = max(12, *(len(n) for n in names))
+    width = max(19, *(len(n) for n in names))  # 19: "mean_class_accuracy"
     columns = [("IoU", "per_class_iou"), ("acc", "per_class_accuracy"), ("Dice", "per_class_dice"),
                ("prec", "per_class_precision")]
     if "per_class_bf1" in scores:

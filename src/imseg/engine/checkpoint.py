@@ -87,7 +87,11 @@ def model_from_checkpoint(state: dict[str, Any], source: str = "checkpoint") -> 
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """A model ready for inference (eval mode) from an imseg checkpoint."""
+    """A model ready for inference (eval mode) from an imseg checkpoint or exported ``.safetensors``."""
+    if Path(path).suffix == ".safetensors":
+        from imseg.engine.export import load_safetensors_model
+
+        return load_safetensors_model(path).to(device)
     state = load_checkpoint(path)
     model = model_from_checkpoint(state, source=f"checkpoint {path}")
     return model.to(device).eval()

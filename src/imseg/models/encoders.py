@@ -165,6 +165,9 @@ def _adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
 def load_checked(module: nn.Module, state: dict[str, torch.Tensor], source: str, what: str) -> None:
     """``module.load_state_dict(state)``, strict, with one error naming every problem and the file."""
     own = module.state_dict()
+    # BatchNorm's num_batches_tracked counter only matters for momentum=None;
+    # weight files saved before it existed (older torchvision releases) lack it.
+    state = {**{k: v for k, v in own.items() if k.endswith("num_batches_tracked") and k not in state}, **state}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     mismatched = [
