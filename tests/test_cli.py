@@ -45,6 +45,16 @@ def test_train_eval_predict_round_trip(camvid_root, tmp_path):
     assert 0.0 <= scores["mIoU"] <= 1.0 and len(scores["per_class_iou"]) == 11
     assert ev.stdout.strip().splitlines()[-1] == f"val mIoU: {100 * scores['mIoU']:.1f}"
     assert "Bicyclist" in ev.stdout  # the per-class table
+    report = tmp_path / "eval-report"
+    text = (report / "report.md").read_text()
+    assert f"mIoU {100 * scores['mIoU']:.1f}" in text and "worst/" in text
+    cm_png = Image.open(report / "confusion_matrix.png")
+    assert cm_png.size[0] > 300 and len(set(np.asarray(cm_png.convert("L")).ravel().tolist())) > 10  # drawn, not blank
+    worst = sorted((report / "worst").iterdir())
+    assert len(worst) == 2  # the tiny split has 2 images: both shown, lowest mIoU first
+    panel = np.asarray(Image.open(worst[0]))
+    assert panel.shape[1] == 4 * 128  # image | truth | prediction | errors
+    assert Image.open(report / "per_class_iou.png").size[0] > 300
 
     imseg("predict", ckpt, root / "images", "--out", tmp_path / "pred")
     for image in (root / "images").iterdir():

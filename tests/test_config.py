@@ -19,7 +19,6 @@ def test_every_shipped_config_loads_and_builds_its_model(path):
         imseg.create_model(cfg.model.name, 11, **cfg.model.args)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_trains_through_imseg_train(path, camvid_root, tmp_path):
     """One epoch of each family's config, on 2 tiny CamVid images (the data part is overridden)."""

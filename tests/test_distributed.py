@@ -98,3 +98,36 @@ def test_sharded_evaluation_gives_exactly_the_one_process_confusion_matrix(runs)
     assert two["processes"] == 2
     assert one["confusion_matrix"] == two["confusion_matrix"]
     assert one["mean_bf1"] == pytest.approx(two["mean_bf1"], abs=1e-12)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_on_loopback_agree_with_one_process(runs):
+    """Two torchrun launches with --nnodes 2 (one process each) meet on 127.0.0.1 and train as one."""
+    root = runs / "data"
+    cfg = runs / "nodes.yaml"
+    cfg.write_text(yaml.safe_dump(_config(root, runs / "nodes")))
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+             f"--node_rank={rank}", "--master_addr=127.0.0.1", f"--master_port={port}",
+             "-m", "imseg.cli", "train", str(cfg)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for rank in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outputs)
+    np.testing.assert_allclose(_losses(runs / "nodes"), _losses(runs / "one"), rtol=1e-4)
+    a = load_checkpoint(runs / "one" / "checkpoints" / "last.pt")["state_dict"]
+    b = load_checkpoint(runs / "nodes" / "checkpoints" / "last.pt")["state_dict"]
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)

@@ -182,3 +182,26 @@ def test_export_safetensors_and_onnx_round_trip(tiny_root, tmp_path):
     assert report["max_abs_difference"] <= 1e-4 * max(1.0, report["max_abs_logit"])
     meta = json.loads((tmp_path / "model.json").read_text())
     assert meta["preprocessing"]["channel_order"] == "BGR" and len(meta["class_names"]) == 11
+
+
+def test_predict_with_monte_carlo_dropout_writes_uncertainty_maps(tiny_root, tmp_path):
+    from PIL import Image
+
+    from tests.test_cli import imseg
+
+    raw = tiny_config(tiny_root, tmp_path / "bayes", **{"train.epochs": 1})
+    raw["model"] = {"name": "bayesian_segnet_basic", "args": {}}
+    train(config_from_dict(raw), log=_quiet)
+    ckpt = tmp_path / "bayes" / "checkpoints" / "last.pt"
+    imseg("predict", ckpt, tiny_root / "images", "--out", tmp_path / "pred", "--mc-samples", "4")
+    for image in (tiny_root / "images").iterdir():
+        entropy = np.asarray(Image.open(tmp_path / "pred" / f"{image.stem}_entropy.png"))
+        assert entropy.shape == (96, 128)
+        assert entropy.std() > 0  # dropout disagrees more in some places than others
+        assert Image.open(tmp_path / "pred" / image.name).mode == "P"
+    # A model without dropout cannot be sampled: the error says so.
+    cfg = config_from_dict(tiny_config(tiny_root, tmp_path / "plain", **{"train.epochs": 1}))
+    train(cfg, log=_quiet)
+    proc = imseg("predict", tmp_path / "plain" / "checkpoints" / "last.pt", tiny_root / "images", "--out",
+                 tmp_path / "p2", "--mc-samples", "2", check=False)
+    assert proc.returncode == 2 and "dropout" in proc.stderr

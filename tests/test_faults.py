@@ -98,3 +98,30 @@ def test_nonfinite_loss_stops_naming_the_step(tmp_path):
                           env=env, timeout=300)
     assert proc.returncode != 0
     assert "non-finite loss" in proc.stderr and "optimiser step" in proc.stderr
+
+
+def test_torchrun_elastic_restart_resumes_from_the_last_checkpoint(reference):
+    """torchrun --max-restarts 1: the worker is killed, torchrun restarts it, and it resumes by itself."""
+    tmp, root = reference
+    run = tmp / "elastic"
+    cfg = tmp / "elastic.yaml"
+    cfg.write_text(yaml.safe_dump(_fault_config(root, run)))
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "--max-restarts=1",
+         "-m", "imseg.cli", "train", str(cfg)],  # note: no --resume
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while _train_lines(run) < 6 and agent.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    workers = subprocess.run(["pgrep", "-P", str(agent.pid)], capture_output=True, text=True).stdout.split()
+    assert workers, "no torchrun worker found"
+    for pid in workers:
+        os.kill(int(pid), signal.SIGKILL)
+    output = agent.communicate(timeout=300)[0]
+    assert agent.returncode == 0, output[-3000:]
+    assert "--resume auto: continuing from" in output
+    expected, got = _weights(tmp / "ref"), _weights(run)
+    for key in expected:
+        assert torch.equal(got[key], expected[key]), key

@@ -121,3 +121,29 @@ def test_dice_precision_recall_from_the_matrix():
     assert s["per_class_dice"]["a"] == pytest.approx(2 * 5 / (6 + 7))
     assert s["per_class_precision"]["a"] == pytest.approx(5 / 7)
     assert s["per_class_recall"]["b"] == pytest.approx(4 / 6)
+
+
+@pytest.mark.camvid
+def test_scores_on_camvid_label_maps_equal_torchmetrics(camvid_root):
+    """Real CamVid structure: each test frame's labels scored against the next frame's as the 'prediction'."""
+    import numpy as np
+    from PIL import Image
+
+    names = sorted((camvid_root / "testannot").glob("*.png"))[:12]
+    masks = [torch.from_numpy(np.asarray(Image.open(p)).astype(np.int64)) for p in names]
+    targets = torch.stack(masks[:-1])
+    preds = torch.stack(masks[1:])
+    targets[targets == 11] = 255  # void is ignored
+    preds[preds == 11] = 0  # a prediction is always a class
+    cm = ConfusionMatrix(11, 255)
+    for t, p in zip(targets, preds):  # streamed one image at a time
+        cm.update(p[None], t[None])
+    s = cm.compute()
+    per_class = multiclass_jaccard_index(preds, targets, num_classes=11, ignore_index=255, average="none")
+    present = torch.bincount(targets[targets != 255], minlength=11) > 0
+    assert s["mIoU"] == pytest.approx(per_class[present].mean().item(), abs=1e-6)
+    assert s["pixel_accuracy"] == pytest.approx(
+        multiclass_accuracy(preds, targets, num_classes=11, ignore_index=255, average="micro").item(), abs=1e-6)
+    for name, ours, theirs in zip(s["per_class_iou"], s["per_class_iou"].values(), per_class.tolist()):
+        if ours is not None:
+            assert ours == pytest.approx(theirs, abs=1e-6), name

@@ -59,7 +59,9 @@ def _add_inference_flags(p: argparse.ArgumentParser) -> None:
 
 def run_eval(checkpoint: str, split: str, data_root: str | None = None, out: str | None = None,
              batch_size: int = 2, device: str = "auto", progress: bool = True,
-             inference_overrides: dict | None = None, boundary: bool = True, calibration: bool = True) -> dict:
+             inference_overrides: dict | None = None, boundary: bool = True, calibration: bool = True,
+             report: bool = True, worst: int = 5) -> dict:
+    """Evaluate a checkpoint on a split: JSON scores, and a report folder beside them."""
     import torch
     from torch.utils.data import DataLoader, Subset
 
@@ -84,12 +86,12 @@ def run_eval(checkpoint: str, split: str, data_root: str | None = None, out: str
     scores = evaluate(
         model, loader, num_classes=ds.num_classes, ignore_index=ds.ignore_index,
         inference=inference, device=dev, class_names=ds.class_names, progress=progress, desc=f"eval {split}",
-        boundary=boundary, calibration=calibration,
+        boundary=boundary, calibration=calibration, per_image=not ctx.distributed,
     )
     scores["inference"] = {"mode": inference.mode, "eval_size": inference.eval_size, "crop_size": inference.crop_size,
                            "stride": inference.stride, "scales": list(inference.scales), "flip": inference.flip}
     scores.update(checkpoint=str(checkpoint), split=split, model=state["model"], epoch=state["epoch"],
-                  torch=torch.__version__)
+                  torch=torch.__version__, command="imseg " + " ".join(sys.argv[1:]))
     out_path = Path(out) if out else Path(checkpoint).resolve().parent.parent / f"eval-{split}.json"
     scores["processes"] = ctx.world_size
     if ctx.is_main:
@@ -97,13 +99,18 @@ def run_eval(checkpoint: str, split: str, data_root: str | None = None, out: str
         out_path.write_text(json.dumps(scores, indent=2))
         print(format_table(scores))
         print(f"{len(ds)} images in {scores['seconds']:.1f}s; scores written to {out_path}")
+        if report:
+            from imseg.engine.report import write_report
+
+            folder = out_path.with_name(out_path.stem + "-report")
+            print(f"report: {write_report(scores, folder, model=model, dataset=ds, inference=inference, worst=worst)}")
     distributed.teardown(ctx)
     return scores
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     scores = run_eval(args.checkpoint, args.split, args.data_root, args.out, args.batch_size, args.device,
-                      inference_overrides=_inference_overrides(args))
+                      inference_overrides=_inference_overrides(args), report=not args.no_report, worst=args.worst)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"{args.split} mIoU: {100 * scores['mIoU']:.1f}")
     return 0
@@ -133,7 +140,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     model = load_model(args.checkpoint, resolve_device(args.device))
     inference = model_inference(model, **_inference_overrides(args))
-    written = predict_files(model, args.inputs, args.out, alpha=args.alpha, inference=inference)
+    written = predict_files(model, args.inputs, args.out, alpha=args.alpha, inference=inference,
+                            mc_samples=args.mc_samples)
     print(f"wrote {len(written)} masks and overlays to {args.out}")
     return 0
 
@@ -225,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="JSON file to write (default: eval-<split>.json in the run folder)")
     e.add_argument("--batch-size", type=int, default=2)
     e.add_argument("--device", default="auto")
+    e.add_argument("--no-report", action="store_true", help="skip the Markdown report and plots")
+    e.add_argument("--worst", type=int, default=5, help="images in the report's gallery of worst images")
     _add_inference_flags(e)
     e.set_defaults(func=cmd_eval)
 
@@ -233,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     pr.add_argument("--out", required=True, help="output folder")
     pr.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    pr.add_argument("--mc-samples", type=int, default=0,
+                    help="Monte-Carlo dropout samples (models with dropout, e.g. bayesian_segnet): "
+                         "mask from the mean probabilities, plus <name>_entropy.png uncertainty maps")
     pr.add_argument("--device", default="auto")
     _add_inference_flags(pr)
     pr.set_defaults(func=cmd_predict)

@@ -28,8 +28,14 @@ def evaluate(
     desc: str = "eval",
     boundary: bool = False,
     calibration: bool = False,
+    per_image: bool = False,
 ) -> dict[str, Any]:
-    """Scores of ``model`` on ``loader``; ``boundary`` adds BF1, ``calibration`` the ECE."""
+    """Scores of ``model`` on ``loader``; ``boundary`` adds BF1, ``calibration`` the ECE.
+
+    ``per_image`` adds ``per_image_miou``: the mIoU of each image on its own
+    (classes present in its truth or prediction), in loader order, for
+    finding the images a model fails on.
+    """
     was_training = model.training
     model.eval()
     cm = ConfusionMatrix(num_classes, ignore_index, device=device)
@@ -37,11 +43,14 @@ def evaluate(
     ece = CalibrationError(ignore_index) if calibration else None
     start = time.perf_counter()
     images_seen = 0
+    image_scores: list[float | None] = []
     for images, masks in tqdm(loader, desc=desc, disable=not progress, leave=False):
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
         logits = infer_logits(model, images, inference)
         pred = logits.argmax(1)
         cm.update(pred, masks)
+        if per_image:
+            image_scores.extend(_per_image_miou(pred, masks, num_classes, ignore_index))
         if bf1 is not None:
             bf1.update(pred, masks)
         if ece is not None:
@@ -65,4 +74,17 @@ def evaluate(
     scores["images"] = images_seen
     scores["seconds"] = time.perf_counter() - start
     scores["confusion_matrix"] = cm.matrix.to(torch.int64).tolist()
+    if per_image:
+        scores["per_image_miou"] = image_scores
     return scores
+
+
+def _per_image_miou(pred: torch.Tensor, target: torch.Tensor, k: int, ignore_index: int) -> list[float | None]:
+    out = []
+    for p, t in zip(pred, target):
+        valid = t != ignore_index
+        cm = torch.bincount(t[valid] * k + p[valid], minlength=k * k).reshape(k, k).double()
+        tp, union = cm.diag(), cm.sum(0) + cm.sum(1) - cm.diag()
+        seen = union > 0
+        out.append((tp[seen] / union[seen]).mean().item() if seen.any() else None)
+    return out

@@ -103,15 +103,54 @@ def save_mask(mask: np.ndarray, palette: Sequence[Sequence[int]], path: Path) ->
     im.save(path)
 
 
+@torch.no_grad()
+def predict_uncertainty(model: nn.Module, image: ImageLike, samples: int,
+                        inference: Inference | None = None, seed: int | None = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Monte-Carlo dropout: (mask from the mean probabilities, predictive entropy in nats), both ``[H,W]``.
+
+    Works for any model with dropout layers (Bayesian SegNet first); BatchNorm
+    stays in eval mode, only dropout samples.
+    """
+    import torch.nn.functional as F
+
+    from imseg.models.segnet import mc_dropout_predict
+
+    inference = inference or model_inference(model)
+    device = next(model.parameters()).device
+    tensor = _to_tensor(image, inference.preprocessing.num_channels).to(device)
+    h, w = tensor.shape[-2:]
+    x = inference.preprocessing(tensor.unsqueeze(0))
+    if inference.eval_size is not None:
+        x = F.interpolate(x, size=inference.eval_size, mode="bilinear", align_corners=False)
+    probs, entropy = mc_dropout_predict(model, x, samples, uncertainty="entropy", seed=seed)
+    probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)[0]
+    entropy = F.interpolate(entropy[:, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+    return probs.argmax(0).cpu().numpy().astype(np.uint8), entropy.cpu().numpy()
+
+
+def save_uncertainty(entropy: np.ndarray, num_classes: int, path: Path) -> None:
+    """Entropy as an 8-bit grey image: black = certain, white = log(K) (uniform over classes)."""
+    scaled = np.clip(entropy / np.log(max(2, num_classes)), 0, 1) * 255
+    Image.fromarray(scaled.round().astype(np.uint8), mode="L").save(path)
+
+
 def predict_files(model: nn.Module, inputs: Iterable[str | Path], out_dir: str | Path, alpha: float = 0.5,
-                  inference: Inference | None = None) -> list[Path]:
-    """Write ``<stem>.png`` (index mask) and ``<stem>_overlay.png`` for every input image."""
+                  inference: Inference | None = None, mc_samples: int = 0) -> list[Path]:
+    """Write ``<stem>.png`` (index mask) and ``<stem>_overlay.png`` for every input image.
+
+    With ``mc_samples`` > 0 the mask comes from Monte-Carlo dropout's mean
+    probabilities and ``<stem>_entropy.png`` shows the per-pixel uncertainty.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     palette = model.palette
     written = []
     for path in expand_inputs(inputs):
-        mask = predict(model, path, inference)
+        if mc_samples > 0:
+            mask, entropy = predict_uncertainty(model, path, mc_samples, inference)
+            save_uncertainty(entropy, len(palette), out / f"{path.stem}_entropy.png")
+        else:
+            mask = predict(model, path, inference)
         save_mask(mask, palette, out / f"{path.stem}.png")
         with Image.open(path) as im:
             overlay(im.convert("RGB"), mask, palette, alpha).save(out / f"{path.stem}_overlay.png")

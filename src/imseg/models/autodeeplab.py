@@ -254,6 +254,7 @@ _PAPER = (
 
 @register_model(
     "autodeeplab_s",
+    published="10.15M params; Cityscapes val 79.74 mIoU",
     paper=_PAPER,
     year=2019,
     summary="Searched network-level path (12 cells, strides 4..32, output stride 8) and cell, F=20, "
@@ -272,6 +273,7 @@ def autodeeplab_s(
 
 @register_model(
     "autodeeplab_m",
+    published="21.62M params; Cityscapes val 80.04 mIoU",
     paper=_PAPER,
     year=2019,
     summary="Auto-DeepLab-M: the searched 12-cell path and cell with F=32, ASPP + DeepLabv3+ decoder, "
@@ -290,6 +292,7 @@ def autodeeplab_m(
 
 @register_model(
     "autodeeplab_l",
+    published="44.42M params; Cityscapes val 80.33 mIoU",
     paper=_PAPER,
     year=2019,
     summary="Auto-DeepLab-L: the searched 12-cell path and cell with F=48, ASPP + DeepLabv3+ decoder, "

@@ -133,6 +133,7 @@ class DeconvNet(nn.Module):
 
 @register_model(
     "deconvnet",
+    published="252M params",
     paper="Noh, Hong, Han: Learning Deconvolution Network for Semantic Segmentation",
     year=2015,
     summary="VGG16-BN + fc6/fc7 as convs, mirrored by fc6-deconv and unpool + 3x3 deconv stages (BN+ReLU "

@@ -165,6 +165,7 @@ def _init_from_vgg_classifier(encoder: Encoder, heads: Sequence[LargeFOVHead]) -
 
 @register_model(
     "deeplabv1",
+    published="20.5M params; VOC val 62.25 mIoU (67.64 with CRF)",
     paper="Chen, Papandreou, Kokkinos, Murphy, Yuille: Semantic Image Segmentation with Deep Convolutional "
     "Nets and Fully Connected CRFs (DeepLab-LargeFOV)",
     year=2015,
@@ -191,6 +192,7 @@ def deeplabv1(
 
 @register_model(
     "deeplabv2",
+    published="VOC test 79.7 mIoU (ResNet-101, COCO, multi-scale, CRF)",
     paper="Chen, Papandreou, Kokkinos, Murphy, Yuille: DeepLab: Semantic Image Segmentation with Deep "
     "Convolutional Nets, Atrous Convolution, and Fully Connected CRFs",
     year=2017,
@@ -286,6 +288,7 @@ class DeepLabV3(nn.Module):
 
 @register_model(
     "deeplabv3",
+    published="VOC val 77.21 mIoU (ResNet-101, OS16); torchvision R-101 with aux: 61.0M params",
     paper="Chen, Papandreou, Schroff, Adam: Rethinking Atrous Convolution for Semantic Image Segmentation",
     year=2017,
     summary="Dilated ResNet (OS16 or 8, optional multi-grid) + ASPP with batch norm and image pooling (rates "
@@ -454,6 +457,7 @@ class DeepLabV3Plus(DeepLabV3PlusBase):
 
 @register_model(
     "deeplabv3plus",
+    published="43.48M params (Xception-65, Auto-DeepLab Table 2)",
     paper="Chen, Zhu, Papandreou, Schroff, Adam: Encoder-Decoder with Atrous Separable Convolution "
     "for Semantic Image Segmentation",
     year=2018,

@@ -112,6 +112,7 @@ class DeepLabV3PlusDPC(DeepLabV3PlusBase):
 
 @register_model(
     "deeplabv3plus_dpc",
+    published="DPC module 0.81M params (Xception); Cityscapes val 80.85 mIoU",
     paper="Chen, Collins, Zhu, Papandreou, Zoph, Schroff, Adam, Shlens: Searching for Efficient Multi-Scale "
     "Architectures for Dense Image Prediction",
     year=2018,

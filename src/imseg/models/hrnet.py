@@ -427,6 +427,7 @@ _PAPER = (
 
 @register_model(
     "hrnetv2_w18_small",
+    published="3.9M params (v2, Cityscapes)",
     paper=_PAPER,
     year=2019,
     summary="HRNetV2-W18-Small-v2: 4 parallel branches (18/36/72/144) fused repeatedly, all upsampled to "
@@ -481,6 +482,7 @@ def hrnetv2_w32(
 
 @register_model(
     "hrnetv2_w48",
+    published="65.9M params; Cityscapes val 80.9 mIoU (81.6 with OCR)",
     paper=_PAPER,
     year=2019,
     summary="HRNetV2-W48: 4 parallel branches (48/96/192/384; 1/4/3 modules of 4 blocks) fused repeatedly, "

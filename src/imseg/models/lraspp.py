@@ -104,6 +104,7 @@ class LRASPP(nn.Module):
 
 @register_model(
     "lraspp",
+    published="3.22M params (torchvision)",
     paper="Howard et al.: Searching for MobileNetV3",
     year=2019,
     summary="Lite R-ASPP: MobileNetV3 at output stride 16, a 128-channel 1x1 branch gated by global "

@@ -151,6 +151,7 @@ class RefineNet(nn.Module):
 
 @register_model(
     "refinenet",
+    published="118M params for RefineNet-101 (reported by Light-Weight RefineNet, 4 CRP blocks)",
     paper="Lin, Milan, Shen, Reid: RefineNet: Multi-Path Refinement Networks for High-Resolution "
     "Semantic Segmentation",
     year=2017,

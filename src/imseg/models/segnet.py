@@ -248,6 +248,7 @@ _BAYES_PAPER = (
 
 @register_model(
     "segnet",
+    published="29.5M params",
     paper=_PAPER,
     year=2017,
     summary="VGG16-BN encoder whose max-pool indices drive max-unpooling in a mirrored conv-BN-ReLU "
@@ -259,6 +260,7 @@ def segnet(num_classes: int, *, encoder_weights: str | None = None, in_channels:
 
 @register_model(
     "segnet_basic",
+    published="1.425M params; CamVid test 47.7 mIoU (from scratch)",
     paper=_PAPER,
     year=2017,
     summary="The paper's small SegNet: input LRN, 4 x (7x7 conv 64, BN, ReLU, pool), 4 x (unpool, "
@@ -270,6 +272,7 @@ def segnet_basic(num_classes: int, *, in_channels: int = 3) -> nn.Module:
 
 @register_model(
     "bayesian_segnet",
+    published="29.5M params (SegNet's, dropout adds none)",
     paper=_BAYES_PAPER,
     year=2017,
     summary="SegNet with dropout 0.5 after pool3-5 and after decoder blocks 5-3; sample it with "
@@ -283,6 +286,7 @@ def bayesian_segnet(
 
 @register_model(
     "bayesian_segnet_basic",
+    published="1.425M params",
     paper=_BAYES_PAPER,
     year=2017,
     summary="SegNet-Basic with dropout 0.5 after pool3-4 and after conv_decode4-3; Monte-Carlo "

@@ -105,6 +105,7 @@ class UNetOriginal(nn.Module):
 
 @register_model(
     "unet_original",
+    published="about 31.0M params (2 classes, padded convs)",
     paper="Ronneberger, Fischer, Brox: U-Net: Convolutional Networks for Biomedical Image Segmentation",
     year=2015,
     summary="The paper's U-Net from scratch: 64-1024 channels, two 3x3 conv+ReLU per level, 2x2 up-convs, "
