@@ -59,6 +59,15 @@ def test_output_is_input_size_in_train_and_eval(name: str, size: tuple[int, int]
 
 
 @pytest.mark.parametrize("name", MODELS)
+def test_camvid_size_in_eval_mode(name: str) -> None:
+    """360x480 (CamVid): the size most users will run first."""
+    model = cached(name).eval()
+    with torch.no_grad():
+        out = main_logits(model(torch.randn(1, 3, 360, 480)))
+    assert tuple(out.shape) == (1, NUM_CLASSES, 360, 480)
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_every_parameter_gets_a_gradient(name: str) -> None:
     model = build(name).train()
     x = torch.randn(2, 3, 64, 96)
