@@ -250,6 +250,8 @@ def truncated_normal_(tensor: torch.Tensor, std: float) -> torch.Tensor:
     the same distribution as ``nn.init.trunc_normal_`` several times faster,
     which matters for building the 38M-weight Xception-65.
     """
+    if tensor.is_meta:  # shapes only (profiling, config checks): there are no values to draw
+        return tensor
     flat = tensor.view(-1)
     flat.normal_(0.0, std)
     redraw = (flat.abs() > 2 * std).nonzero().squeeze(1)
