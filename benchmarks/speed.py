@@ -1,0 +1,246 @@
+"""imseg against torchvision and SMP, timed in the same process and run.
+
+For each pair (the same architecture in imseg and in a peer library), with
+random weights and 11 classes: batch-1 inference latency and a batch-4
+training step (forward, cross-entropy, backward, SGD step), each the median
+of ``--repeats`` runs after one warm-up, interleaved (imseg, peer, imseg,
+peer, ...) so a load change on the machine hits both alike. Input 360x480;
+SMP needs sides divisible by 32, so SMP pairs run both models at 352x480.
+
+Also measured: the machine's float32 matrix-multiply peak (GFLOP/s), each
+model's achieved GFLOP/s (forward FLOPs from torch's FlopCounterMode /
+latency) as a fraction of it, and the CamVid data pipeline's throughput per
+worker against what the training step consumes.
+
+    pip install -e .[bench]
+    python benchmarks/speed.py
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch.utils.flop_counter import FlopCounterMode
+
+import imseg
+from imseg.models.registry import main_logits
+
+K = 11
+
+
+def _tv(name, **kwargs):
+    def build():
+        from torchvision.models import segmentation as seg
+
+        return getattr(seg, name)(weights=None, weights_backbone=None, num_classes=K, **kwargs)
+
+    return build
+
+
+def _smp(cls, encoder):
+    def build():
+        import segmentation_models_pytorch as smp
+
+        return getattr(smp, cls)(encoder_name=encoder, encoder_weights=None, classes=K)
+
+    return build
+
+
+def _ours(name, **kwargs):
+    return lambda: imseg.create_model(name, K, **kwargs)
+
+
+# (label, imseg builder, peer, peer builder, input size)
+PAIRS = [
+    ("FCN-ResNet50", _ours("fcn_resnet50"), "torchvision", _tv("fcn_resnet50", aux_loss=False), (360, 480)),
+    ("DeepLabV3-ResNet50", _ours("deeplabv3", encoder="resnet50", output_stride=8, aspp_rates=(12, 24, 36),
+                                 head_conv=True), "torchvision", _tv("deeplabv3_resnet50", aux_loss=False), (360, 480)),
+    ("DeepLabV3-MobileNetV3-Large", _ours("deeplabv3", encoder="mobilenet_v3_large", output_stride=16,
+                                          head_conv=True), "torchvision", _tv("deeplabv3_mobilenet_v3_large", aux_loss=False),
+     (360, 480)),
+    ("LR-ASPP-MobileNetV3-Large", _ours("lraspp"), "torchvision", _tv("lraspp_mobilenet_v3_large"), (360, 480)),
+    ("U-Net ResNet-34", _ours("unet", encoder="resnet34"), "smp", _smp("Unet", "resnet34"), (352, 480)),
+    ("PSPNet ResNet-34", _ours("pspnet", encoder="resnet34"), "smp", _smp("PSPNet", "resnet34"), (352, 480)),
+    ("PAN ResNet-34", _ours("pan", encoder="resnet34"), "smp", _smp("PAN", "resnet34"), (352, 480)),
+    ("DeepLabV3+ ResNet-50", _ours("deeplabv3plus", encoder="resnet50"), "smp", _smp("DeepLabV3Plus", "resnet50"),
+     (352, 480)),
+]
+
+
+def logits(out):
+    return out["out"] if isinstance(out, dict) else main_logits(out)
+
+
+def forward_gflops(model, size):
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.zeros(1, 3, *size))
+    return counter.get_total_flops() / 1e9
+
+
+def matmul_peak_gflops(n=2048, repeats=10):
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / min(times) / 1e9
+
+
+def timed_pair(models, size, repeats, batch):
+    """Median forward (batch 1) and train-step (``batch``) seconds per model, runs interleaved."""
+    x1 = torch.randn(1, 3, *size)
+    xb = torch.randn(batch, 3, *size)
+    yb = torch.randint(0, K, (batch, *size))
+    opts = [torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9) for m in models]
+
+    def fwd(m):
+        m.eval()
+        with torch.no_grad():
+            m(x1)
+
+    def step(m, opt):
+        m.train()
+        loss = F.cross_entropy(logits(m(xb)), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    fwd_t = [[] for _ in models]
+    step_t = [[] for _ in models]
+    for r in range(repeats + 1):  # round 0 is the warm-up
+        for i, m in enumerate(models):
+            t = time.perf_counter()
+            fwd(m)
+            if r:
+                fwd_t[i].append(time.perf_counter() - t)
+        for i, (m, opt) in enumerate(zip(models, opts)):
+            t = time.perf_counter()
+            step(m, opt)
+            if r:
+                step_t[i].append(time.perf_counter() - t)
+    return [statistics.median(t) for t in fwd_t], [statistics.median(t) for t in step_t]
+
+
+def data_images_per_second(samples=24):
+    from imseg.data import DataError, build_dataset
+
+    cfg = SimpleNamespace(name="camvid", root=None, crop_size=[360, 480], scale_range=[0.5, 2.0], train_size=None,
+                          hflip=True, color_jitter=0.2, ignore_index=255)
+    try:
+        ds = build_dataset(cfg, "train", train=True)
+    except DataError:
+        return None
+    t = time.perf_counter()
+    for i in range(samples):
+        ds[i]
+    return samples / (time.perf_counter() - t)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--pairs", nargs="*", help="labels to run (default: all)")
+    p.add_argument("--out", default="benchmarks/results/speed-vs-peers.json")
+    p.add_argument("--plot", default=None, help="also draw the ratios to this PNG (e.g. docs/benchmarks-speed.png)")
+    args = p.parse_args()
+
+    peak = matmul_peak_gflops()
+    data_rate = data_images_per_second()
+    print(f"matmul peak {peak:.0f} GFLOP/s; data pipeline {data_rate or float('nan'):.1f} images/s per worker")
+    rows = []
+    for label, ours, peer, theirs, size in PAIRS:
+        if args.pairs and label not in args.pairs:
+            continue
+        torch.manual_seed(0)
+        models = [ours(), theirs()]
+        flops = [forward_gflops(m.eval(), size) for m in models]
+        params = [sum(q.numel() for q in m.parameters()) / 1e6 for m in models]
+        fwd, step = timed_pair(models, size, args.repeats, args.batch)
+        row = {
+            "pair": label, "peer": peer, "size": list(size),
+            "imseg": {"params_millions": params[0], "forward_gflops": flops[0], "forward_seconds": fwd[0],
+                      "train_step_seconds": step[0], "achieved_gflops_per_second": flops[0] / fwd[0]},
+            peer: {"params_millions": params[1], "forward_gflops": flops[1], "forward_seconds": fwd[1],
+                   "train_step_seconds": step[1], "achieved_gflops_per_second": flops[1] / fwd[1]},
+            "ratio_forward": fwd[0] / fwd[1],
+            "ratio_train_step": step[0] / step[1],
+            "ratio_forward_per_flop": (fwd[0] / flops[0]) / (fwd[1] / flops[1]),
+            "train_images_per_second_needed": args.batch / step[0],
+        }
+        rows.append(row)
+        print(f"{label:<28} {peer:<11} fwd {fwd[0]:.3f}/{fwd[1]:.3f}s ({row['ratio_forward']:.2f}x)  "
+              f"step {step[0]:.2f}/{step[1]:.2f}s ({row['ratio_train_step']:.2f}x)  "
+              f"GFLOPs {flops[0]:.1f}/{flops[1]:.1f}  at {flops[0] / fwd[0] / peak:.0%} of peak", flush=True)
+    out = {
+        "what": f"imseg / peer in one process: batch-1 forward and batch-{args.batch} train step, median of "
+                f"{args.repeats} interleaved runs after a warm-up; SMP pairs at 352x480 (SMP needs multiples of 32)",
+        "matmul_peak_gflops_per_second": peak,
+        "data_pipeline_images_per_second_per_worker": data_rate,
+        "results": rows,
+        "machine": {"platform": platform.platform(), "torch_threads": torch.get_num_threads(),
+                    "python": sys.version.split()[0]},
+        "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__, "imseg": imseg.__version__,
+                     "segmentation_models_pytorch": __import__("segmentation_models_pytorch").__version__},
+        "command": "python " + " ".join(sys.argv),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    print(f"wrote {args.out}")
+    print(markdown_table(out))
+    if args.plot:
+        plot_ratios(out, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def markdown_table(out: dict) -> str:
+    lines = ["| pair | peer | input | params imseg / peer (M) | GFLOPs imseg / peer | forward imseg / peer (s) "
+             "| ratio | per-FLOP ratio | train step imseg / peer (s) | ratio | imseg % of matmul peak |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in out["results"]:
+        a, b = r["imseg"], r[r["peer"]]
+        lines.append(
+            f"| {r['pair']} | {r['peer']} | {r['size'][0]}x{r['size'][1]} | {a['params_millions']:.1f} / "
+            f"{b['params_millions']:.1f} | {a['forward_gflops']:.1f} / {b['forward_gflops']:.1f} | "
+            f"{a['forward_seconds']:.3f} / {b['forward_seconds']:.3f} | {r['ratio_forward']:.2f} | "
+            f"{r['ratio_forward_per_flop']:.2f} | {a['train_step_seconds']:.2f} / {b['train_step_seconds']:.2f} | "
+            f"{r['ratio_train_step']:.2f} | {a['achieved_gflops_per_second'] / out['matmul_peak_gflops_per_second']:.0%} |")
+    return "\n".join(lines)
+
+
+def plot_ratios(out: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [r["pair"] for r in out["results"]]
+    x = range(len(labels))
+    fig, ax = plt.subplots(figsize=(10, 4))
+    ax.bar([i - 0.2 for i in x], [r["ratio_forward"] for r in out["results"]], 0.4, label="forward (batch 1)")
+    ax.bar([i + 0.2 for i in x], [r["ratio_train_step"] for r in out["results"]], 0.4, label="train step")
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.axhline(1.05, color="tab:red", ls="--", lw=0.8, label="1.05")
+    ax.set_xticks(list(x), labels, rotation=30, ha="right")
+    ax.set(ylabel="time imseg / peer", title="imseg vs torchvision and SMP (lower is faster)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
