@@ -73,6 +73,12 @@ PAIRS = [
     ("PAN ResNet-34", _ours("pan", encoder="resnet34"), "smp", _smp("PAN", "resnet34"), (352, 480)),
     ("DeepLabV3+ ResNet-50", _ours("deeplabv3plus", encoder="resnet50"), "smp", _smp("DeepLabV3Plus", "resnet50"),
      (352, 480)),
+    # The same two with SMP's design choices, for a comparison at (nearly) equal FLOPs:
+    # SMP's PAN decoder is 32 channels wide, its DeepLabV3+ ASPP and decoder are separable.
+    ("PAN ResNet-34, 32-ch decoder", _ours("pan", encoder="resnet34", decoder_channels=32), "smp",
+     _smp("PAN", "resnet34"), (352, 480)),
+    ("DeepLabV3+ ResNet-50, separable", _ours("deeplabv3plus", encoder="resnet50", separable=True), "smp",
+     _smp("DeepLabV3Plus", "resnet50"), (352, 480)),
 ]
 
 
