@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from imseg.data.palette import colorize, overlay
+from imseg.data.palette import overlay
 from imseg.engine.inference import Inference, infer_logits, inference_from_config
 
 ImageLike = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]

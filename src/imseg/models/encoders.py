@@ -77,8 +77,45 @@ class Encoder(nn.Module):
         super().__init__()
         self.classifier_state: dict[str, torch.Tensor] = {}
 
+    # Weight loading (see load_weights): the first conv's state-dict prefix, adapted
+    # when in_channels != 3, and the key prefixes of the ImageNet classification head.
+    first_conv: str = "conv1"
+    classifier_prefixes: tuple[str, ...] = ("fc.", "classifier.", "head.")
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover - overridden
         raise NotImplementedError(f"{type(self).__name__} must implement forward")
+
+    def imagenet_state(self) -> tuple[str, dict[str, torch.Tensor]]:
+        """(where from, state dict) of this encoder's ImageNet weights; encoders that have some override it."""
+        raise ValueError(
+            f"there are no ImageNet weights to download for encoder {self.name!r}; "
+            "pass the path of a weights file instead"
+        )
+
+    def normalise_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Hook for weight files in an older key layout; the identity by default."""
+        return state
+
+    def load_weights(self, weights: str | os.PathLike, keep_classifier: bool = False) -> None:
+        """Load ``"imagenet"`` or a weights file, strictly, after dropping the classifier head.
+
+        A 3-channel first conv is adapted to ``in_channels``; with
+        ``keep_classifier`` the head's tensors stay on ``classifier_state``
+        (FCN turns VGG's fc6/fc7 into convolutions).
+        """
+        if str(weights) == "imagenet":
+            source, state = self.imagenet_state()
+        else:
+            source, state = str(weights), read_state_dict(weights)
+        state = self.normalise_state(state)
+        classifier = {k: v for k, v in state.items() if k.startswith(self.classifier_prefixes)}
+        state = {k: v for k, v in state.items() if k not in classifier}
+        key = f"{self.first_conv}.weight"
+        if key in state and state[key].ndim == 4 and state[key].shape[1] != self.in_channels:
+            state[key] = _adapt_input_conv(state[key], self.in_channels)
+        load_checked(self, state, source, f"encoder {self.name!r} (in_channels={self.in_channels})")
+        if keep_classifier:
+            self.classifier_state = classifier
 
     def feature_index(self, stride: int) -> int:
         """Index of the deepest feature map at ``stride`` (decoders pick their inputs with this)."""
@@ -190,26 +227,8 @@ def load_checked(module: nn.Module, state: dict[str, torch.Tensor], source: str,
 class _TorchvisionEncoder(Encoder):
     """Shared weight loading for encoders that keep torchvision's module names."""
 
-    first_conv: str  # state-dict prefix of the first conv, adapted when in_channels != 3
-
-    def load_weights(self, weights: str | os.PathLike, keep_classifier: bool = False) -> None:
-        if str(weights) == "imagenet":
-            source = _TORCHVISION_WEIGHTS[self.name].url
-            state = download_imagenet_state_dict(self.name)
-        else:
-            source = str(weights)
-            state = read_state_dict(weights)
-
-        classifier = {k: v for k, v in state.items() if k.startswith(CLASSIFIER_PREFIXES)}
-        state = {k: v for k, v in state.items() if k not in classifier}
-
-        key = f"{self.first_conv}.weight"
-        if key in state and state[key].ndim == 4 and state[key].shape[1] != self.in_channels:
-            state[key] = _adapt_input_conv(state[key], self.in_channels)
-
-        load_checked(self, state, source, f"encoder {self.name!r} (in_channels={self.in_channels})")
-        if keep_classifier:
-            self.classifier_state = classifier
+    def imagenet_state(self) -> tuple[str, dict[str, torch.Tensor]]:
+        return _TORCHVISION_WEIGHTS[self.name].url, download_imagenet_state_dict(self.name)
 
 
 # --------------------------------------------------------------------------- dilation

@@ -22,7 +22,6 @@ This module also registers torchvision's DenseNets (``densenet121``,
 """
 from __future__ import annotations
 
-import os
 import re
 
 import torch
@@ -32,13 +31,9 @@ from torch import nn
 from torchvision.models.densenet import DenseNet, _DenseBlock
 
 from imseg.models.encoders import (
-    CLASSIFIER_PREFIXES,
     Encoder,
-    _adapt_input_conv,
     _replace_first_conv,
     build_encoder,
-    load_checked,
-    read_state_dict,
     register_encoder,
 )
 from imseg.models.layers import ConvBNAct, init_weights, resize_to
@@ -135,34 +130,23 @@ class DenseNetEncoder(Encoder):
         out.append(F.relu(f.norm5(x)))
         return out
 
-    def load_weights(self, weights: str | os.PathLike, keep_classifier: bool = False) -> None:
-        """Load torchvision-format DenseNet weights (``"imagenet"`` downloads them; old key names are accepted)."""
-        if str(weights) == "imagenet":
-            if self.name not in _DENSENET_WEIGHTS:
-                raise ValueError(
-                    f"there are no ImageNet weights for encoder {self.name!r} in torchvision; "
-                    "pass the path of a weights file in torchvision's DenseNet format instead"
-                )
-            source = _DENSENET_WEIGHTS[self.name].url
-            state = _download(source)
-        else:
-            source = str(weights)
-            state = read_state_dict(weights)
+    def imagenet_state(self) -> tuple[str, dict[str, torch.Tensor]]:
+        if self.name not in _DENSENET_WEIGHTS:
+            raise ValueError(
+                f"there are no ImageNet weights for encoder {self.name!r} in torchvision; "
+                "pass the path of a weights file in torchvision's DenseNet format instead"
+            )
+        url = _DENSENET_WEIGHTS[self.name].url
+        return url, _download(url)
+
+    def normalise_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        # torchvision's DenseNet files predate its module names ("norm.1" for "norm1");
+        # the missing num_batches_tracked counters are filled in by load_checked.
         renamed = {}
         for key, value in state.items():
             match = _LEGACY_KEY.match(key)
             renamed[match.group(1) + match.group(2) if match else key] = value
-        for key, value in self.state_dict().items():
-            if key.endswith("num_batches_tracked") and key not in renamed:
-                renamed[key] = torch.zeros_like(value)  # what BatchNorm itself assumes for such old files
-        classifier = {k: v for k, v in renamed.items() if k.startswith(CLASSIFIER_PREFIXES)}
-        state = {k: v for k, v in renamed.items() if k not in classifier}
-        key = f"{self.first_conv}.weight"
-        if key in state and state[key].shape[1] != self.in_channels:
-            state[key] = _adapt_input_conv(state[key], self.in_channels)
-        load_checked(self, state, source, f"encoder {self.name!r} (in_channels={self.in_channels})")
-        if keep_classifier:
-            self.classifier_state = classifier
+        return renamed
 
 
 def _download(url: str) -> dict[str, torch.Tensor]:

@@ -25,7 +25,6 @@ models (``MODEL.ALIGN_CORNERS: True``) were trained with it.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -34,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from imseg.models.encoders import Encoder, _adapt_input_conv, load_checked, read_state_dict, register_encoder
+from imseg.models.encoders import Encoder, register_encoder
 from imseg.models.layers import init_weights
 from imseg.models.registry import SegOutput, register_model
 from imseg.preprocessing import TORCHVISION
@@ -242,20 +241,10 @@ class HRNetEncoder(Encoder):
             xs = stage([t(xs[min(i, len(xs) - 1)]) for i, t in enumerate(transition)])
         return xs
 
-    def load_weights(self, weights: str | os.PathLike, keep_classifier: bool = False) -> None:
-        if str(weights) == "imagenet":
-            source = f"timm:{self.config.timm_name}"
-            state = _timm_state_dict(self.config.timm_name)
-        else:
-            source = str(weights)
-            state = read_state_dict(weights)
-        classifier = {k: v for k, v in state.items() if k.startswith(HRNET_CLASSIFIER_PREFIXES)}
-        state = {k: v for k, v in state.items() if k not in classifier}
-        if "conv1.weight" in state and state["conv1.weight"].shape[1] != self.in_channels:
-            state["conv1.weight"] = _adapt_input_conv(state["conv1.weight"], self.in_channels)
-        load_checked(self, state, source, f"encoder {self.name!r} (in_channels={self.in_channels})")
-        if keep_classifier:
-            self.classifier_state = classifier
+    classifier_prefixes = HRNET_CLASSIFIER_PREFIXES
+
+    def imagenet_state(self) -> tuple[str, dict[str, torch.Tensor]]:
+        return f"timm:{self.config.timm_name}", _timm_state_dict(self.config.timm_name)
 
 
 def _timm_state_dict(timm_name: str) -> dict[str, torch.Tensor]:

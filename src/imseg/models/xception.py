@@ -31,19 +31,14 @@ preprocessing is TF's: RGB scaled to [-1, 1] (mean 0.5, std 0.5 after /255).
 """
 from __future__ import annotations
 
-import os
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from imseg.models.encoders import (
-    CLASSIFIER_PREFIXES,
     Encoder,
-    _adapt_input_conv,
     _timm_weights_location,
-    load_checked,
-    read_state_dict,
     register_encoder,
 )
 from imseg.preprocessing import Preprocessing
@@ -210,23 +205,10 @@ class XceptionEncoder(Encoder):
         feats.append(x)
         return feats
 
-    def load_weights(self, weights: str | os.PathLike, keep_classifier: bool = False) -> None:
-        """Load timm-format weights: ``"imagenet"`` (timm's ``*.tf_in1k``, downloaded) or a file."""
-        if str(weights) == "imagenet":
-            tag = _IMAGENET_TAGS[self.name]
-            source = f"timm:{tag}"
-            state = _download_timm_state(tag)
-        else:
-            source = str(weights)
-            state = read_state_dict(weights)
-        classifier = {k: v for k, v in state.items() if k.startswith(CLASSIFIER_PREFIXES)}
-        state = {k: v for k, v in state.items() if k not in classifier}
-        key = f"{self.first_conv}.weight"
-        if key in state and state[key].ndim == 4 and state[key].shape[1] != self.in_channels:
-            state[key] = _adapt_input_conv(state[key], self.in_channels)
-        load_checked(self, state, source, f"encoder {self.name!r} (in_channels={self.in_channels})")
-        if keep_classifier:
-            self.classifier_state = classifier
+    def imagenet_state(self) -> tuple[str, dict[str, torch.Tensor]]:
+        """timm's ``*.tf_in1k`` port of TF DeepLab's ImageNet weights (timm's key names, like ours)."""
+        tag = _IMAGENET_TAGS[self.name]
+        return f"timm:{tag}", _download_timm_state(tag)
 
 
 def _download_timm_state(tag: str) -> dict[str, torch.Tensor]:
