@@ -46,3 +46,19 @@ def tiny_config(root: Path, out_dir: Path, **overrides) -> dict:
         section, key = dotted.split(".")
         cfg[section][key] = value
     return cfg
+
+
+def tiny_camvid_copy(camvid_root: Path, dest: Path, n: int = 2, size: tuple[int, int] = (96, 128)) -> Path:
+    """A CamVid folder (same layout and list files) with ``n`` downscaled images per split."""
+    h, w = size
+    for split in ("train", "val", "test"):
+        (dest / split).mkdir(parents=True, exist_ok=True)
+        (dest / f"{split}annot").mkdir(parents=True, exist_ok=True)
+        lines = []
+        for path in sorted((camvid_root / split).glob("*.png"))[:n]:
+            Image.open(path).convert("RGB").resize((w, h), Image.BILINEAR).save(dest / split / path.name)
+            Image.open(camvid_root / f"{split}annot" / path.name).resize((w, h), Image.NEAREST).save(
+                dest / f"{split}annot" / path.name)
+            lines.append(f"/SegNet/CamVid/{split}/{path.name} /SegNet/CamVid/{split}annot/{path.name}")
+        (dest / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    return dest

@@ -150,6 +150,37 @@ def test_grad_accumulation_counts_optimizer_steps(tiny_root, tmp_path):
     assert state["scheduler"]["last_epoch"] == 1
 
 
+def test_max_steps_ends_part_way_through_an_epoch_with_the_schedule_spent(tiny_root, tmp_path):
+    # 2 images, batch 1: 2 steps per epoch, so 3 steps end half-way through epoch 2.
+    cfg = config_from_dict(tiny_config(tiny_root, tmp_path / "it", **{
+        "train.epochs": 50, "train.max_steps": 3, "optim.name": "sgd", "optim.lr": 0.1, "optim.min_lr": 0.0}))
+    cfg.data.batch_size = 1
+    train(cfg, log=_quiet)
+    state = load_checkpoint(tmp_path / "it" / "checkpoints" / "last.pt")
+    assert state["global_step"] == 3 and state["epoch"] == 2
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)  # poly reached its end
+    log = [json.loads(line) for line in (tmp_path / "it" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in log if e["type"] == "epoch"] == [1, 2]
+    assert "val_mIoU" in [e for e in log if e["type"] == "epoch"][-1]  # the partial last epoch is validated
+
+
+def test_bn_momentum_overrides_every_batchnorm(tiny_root, tmp_path):
+    # One step on the same batch from the same initial weights: running_var = (1 - m) * 1 + m * batch_var,
+    # so the momentum-0.01 run must sit 1/100 as far from 1 as the momentum-1 run, in every BatchNorm.
+    states = {}
+    for m in (0.01, 1.0):
+        cfg = config_from_dict(tiny_config(tiny_root, tmp_path / str(m), **{
+            "train.epochs": 1, "train.max_steps": 1, "train.bn_momentum": m, "data.val_split": ""}))
+        train(cfg, log=_quiet)
+        states[m] = load_checkpoint(tmp_path / str(m) / "checkpoints" / "last.pt")["state_dict"]
+    keys = [k for k in states[1.0] if k.endswith("running_var")]
+    assert len(keys) > 10
+    for k in keys:
+        assert torch.allclose(states[0.01][k] - 1, 0.01 * (states[1.0][k] - 1), atol=1e-5), k
+    with pytest.raises(ValueError, match="bn_momentum"):
+        train(config_from_dict(tiny_config(tiny_root, tmp_path / "bad", **{"train.bn_momentum": 0.0})), log=_quiet)
+
+
 def test_composite_loss_from_the_config_trains(tiny_root, tmp_path):
     terms = [{"name": "ce", "weight": 1.0}, {"name": "dice", "weight": 0.5}, {"name": "boundary", "weight": 0.2}]
     cfg = config_from_dict(tiny_config(tiny_root, tmp_path / "loss", **{"train.epochs": 1}))

@@ -96,6 +96,10 @@ class EvalConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 10
+    # Iteration-based schedule (as mmseg's 80k-iteration recipes): train for
+    # exactly this many optimiser steps, the LR schedule spanning them, and
+    # ignore ``epochs``; the last epoch may end part-way. None: use ``epochs``.
+    max_steps: Optional[int] = None
     # End this invocation after this many epochs in total while the LR
     # schedule still spans ``epochs`` (for time-limited or preemptible jobs:
     # run again with --resume to continue). None: run to the end.
@@ -111,6 +115,11 @@ class TrainConfig:
     on_nonfinite: Literal["stop", "skip"] = "stop"
     # Multi-GPU: convert BatchNorm to SyncBatchNorm (CUDA only).
     sync_bn: bool = False
+    # Set every BatchNorm's running-statistics momentum (None: the model's own).
+    # torchvision's MobileNetV3 uses 0.01, tuned for long ImageNet runs; in a
+    # short from-scratch run its running statistics then lag the weights so
+    # far that eval-mode predictions collapse to one class: 0.1 fixes that.
+    bn_momentum: Optional[float] = None
     grad_accum: int = 1
     # 'none', 'bf16', 'fp16', or 'auto' (bf16 on CPUs that support it, fp16 on CUDA)
     amp: Literal["none", "auto", "bf16", "fp16"] = "none"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -111,6 +112,12 @@ def _train(cfg: Config, resume, log: Callable[[str], None], ctx: distributed.Con
         if cfg.model.preprocessing is not None
         else model.preprocessing
     )
+    if cfg.train.bn_momentum is not None:
+        if not 0.0 < cfg.train.bn_momentum <= 1.0:
+            raise ValueError(f"train.bn_momentum must be in (0, 1], got {cfg.train.bn_momentum}")
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.momentum = cfg.train.bn_momentum
     if cfg.train.sync_bn and ctx.distributed and device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
@@ -143,7 +150,14 @@ def _train(cfg: Config, resume, log: Callable[[str], None], ctx: distributed.Con
     if steps_per_epoch == 0:
         raise ValueError(f"train.grad_accum={accum} is larger than the {batches_per_epoch} batches of an epoch")
     batches_per_epoch = steps_per_epoch * accum  # leftover batches cannot fill an accumulation window
-    total_steps = steps_per_epoch * cfg.train.epochs
+    if cfg.train.max_steps is not None:
+        if cfg.train.max_steps < 1:
+            raise ValueError(f"train.max_steps must be >= 1, got {cfg.train.max_steps}")
+        total_steps = cfg.train.max_steps
+        epochs = math.ceil(total_steps / steps_per_epoch)
+    else:
+        epochs = cfg.train.epochs
+        total_steps = steps_per_epoch * epochs
 
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, total_steps, cfg.optim)
@@ -211,14 +225,14 @@ def _train(cfg: Config, resume, log: Callable[[str], None], ctx: distributed.Con
         }, path)
 
     log(
-        f"training {cfg.model.name} on {len(train_ds)} images for {cfg.train.epochs} epochs "
-        f"({steps_per_epoch} steps each) on {device}"
+        f"training {cfg.model.name} on {len(train_ds)} images for {epochs} epochs "
+        f"({steps_per_epoch} steps each, {total_steps} in all) on {device}"
         + (f" x {ctx.world_size} processes" if ctx.distributed else "")
         + (f" with {amp_dtype} autocast" if amp_dtype else "")
     )
     val_scores: dict[str, Any] | None = None
     train_start = time.perf_counter()
-    end_epoch = min(cfg.train.epochs, cfg.train.stop_after or cfg.train.epochs)
+    end_epoch = min(epochs, cfg.train.stop_after or epochs)
     for epoch in range(start_epoch, end_epoch):
         skip = start_batch if epoch == start_epoch else 0
         seed_everything(_epoch_seed(cfg.train.seed, epoch))
@@ -229,11 +243,11 @@ def _train(cfg: Config, resume, log: Callable[[str], None], ctx: distributed.Con
         sampler.set_epoch(epoch, skip)
         train_model.train()
         epoch_start, loss_sum, loss_count = time.perf_counter(), 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not (cfg.train.progress and ctx.is_main),
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not (cfg.train.progress and ctx.is_main),
                    leave=False, initial=skip, total=batches_per_epoch)
         optimizer.zero_grad(set_to_none=True)
         for i, (images, masks) in enumerate(bar, start=skip):
-            if i >= batches_per_epoch:
+            if i >= batches_per_epoch or step >= total_steps:
                 break
             images = images.to(device, non_blocking=True)
             masks = masks.to(device, non_blocking=True)
@@ -289,7 +303,7 @@ def _train(cfg: Config, resume, log: Callable[[str], None], ctx: distributed.Con
             "epoch_seconds": epoch_time,
             "images_per_second": loss_count * cfg.data.batch_size / epoch_time,
         }
-        is_last = epoch + 1 == cfg.train.epochs
+        is_last = epoch + 1 == epochs
         improved = False
         if val_loader is not None and ((epoch + 1) % cfg.train.val_every == 0 or is_last):
             val_scores = evaluate(
@@ -308,7 +322,7 @@ def _train(cfg: Config, resume, log: Callable[[str], None], ctx: distributed.Con
         if writer is not None:
             writer.add_scalar("train/epoch_loss", train_loss, epoch + 1)
         record(entry)
-        msg = f"epoch {epoch + 1}/{cfg.train.epochs}  loss {train_loss:.4f}  {epoch_time:.0f}s"
+        msg = f"epoch {epoch + 1}/{epochs}  loss {train_loss:.4f}  {epoch_time:.0f}s"
         if "val_mIoU" in entry:
             msg += f"  val mIoU {100 * entry['val_mIoU']:.1f}  pixel acc {100 * entry['val_pixel_accuracy']:.1f}"
         log(msg)

@@ -1,0 +1,199 @@
+"""CamVid from scratch: train a named recipe on train, select on val, test once.
+
+    python benchmarks/camvid.py flagship                  # benchmarks/recipes/camvid-flagship.yaml
+    python benchmarks/camvid.py budget --model unet --budget-minutes 4
+
+A recipe is an ordinary imseg config (model, schedule, augmentation, loss) in
+benchmarks/recipes/camvid-<name>.yaml. The run trains on the train split,
+keeps the checkpoint with the best validation mIoU, and scores the test split
+exactly once with it. Everything lands in
+benchmarks/results/camvid-<name>[-<model>].json (test mIoU, per-class IoU,
+pixel accuracy, epochs, wall times, the validation curve, machine, versions,
+the command) with the curves beside it as a PNG. A run that fails is recorded
+too, with its error: failed ideas are results.
+
+``--budget-minutes`` replaces the recipe's epoch count by as many optimiser
+steps (``train.max_steps``) as fit in that much training time, estimated from
+a few timed training steps of the model at the recipe's crop and batch size
+before training starts (with 10% set aside for data loading); this is how
+every architecture gets the same short budget. A recipe without a val split
+scores the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+RECIPES = HERE / "recipes"
+RESULTS = HERE / "results"
+
+
+def machine() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "python": sys.version.split()[0],
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def versions() -> dict:
+    import torchvision
+
+    import imseg
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
+                                text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    return {"torch": torch.__version__, "torchvision": torchvision.__version__, "imseg": imseg.__version__,
+            "git_commit": commit}
+
+
+def seconds_per_step(cfg, num_classes: int = 11, steps: int = 2) -> float:
+    """Median time of a few training steps on random data at the recipe's crop and batch size."""
+    from imseg.losses import build_loss
+    from imseg.models import create_model
+    from imseg.engine.schedule import build_optimizer
+
+    model = create_model(cfg.model.name, num_classes, **cfg.model.args).train()
+    criterion = build_loss(cfg.loss.terms, ignore_index=255, aux_weight=cfg.loss.aux_weight)
+    optimizer = build_optimizer(model, cfg.optim)
+    h, w = cfg.data.crop_size
+    x = torch.randn(cfg.data.batch_size, 3, h, w)
+    y = torch.randint(0, num_classes, (cfg.data.batch_size, h, w))
+    times = []
+    for _ in range(steps + 1):  # the first step warms up the allocator and kernels
+        start = time.perf_counter()
+        loss = criterion(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    return sorted(times[1:])[len(times[1:]) // 2]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("recipe", help="recipe name: benchmarks/recipes/camvid-<recipe>.yaml")
+    parser.add_argument("--model", help="train this registered model instead of the recipe's (its own defaults)")
+    parser.add_argument("--budget-minutes", type=float, help="as many steps as fit in this much training time")
+    parser.add_argument("--no-boundary", action="store_true", help="skip boundary F1 in the test pass (faster)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, e.g. --set optim.lr=0.01 (repeatable)")
+    parser.add_argument("--data-root", help="CamVid folder (default: IMSEG_DATA or ../shared/data/camvid)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--name", help="result name (default: camvid-<recipe>[-<model>])")
+    parser.add_argument("--note", default="", help="free text stored in the JSON: what this run tries")
+    parser.add_argument("--out-dir", default="runs/bench", help="where the run folders go")
+    parser.add_argument("--results", default=str(RESULTS), help="where the JSON and PNG go")
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue an interrupted run from its newest checkpoint")
+    again.add_argument("--fresh", action="store_true", help="delete an earlier run folder of this name first")
+    args = parser.parse_args(argv)
+
+    from imseg.cli import run_eval
+    from imseg.config import load_config
+    from imseg.engine.plots import plot_curves, read_log
+    from imseg.engine.train import train
+    from imseg.models.profile import profile_model
+
+    recipe_path = RECIPES / f"camvid-{args.recipe}.yaml"
+    if not recipe_path.is_file():
+        known = sorted(p.stem.removeprefix("camvid-") for p in RECIPES.glob("camvid-*.yaml"))
+        parser.error(f"no recipe {recipe_path}; known recipes: {', '.join(known)}")
+    name = args.name or f"camvid-{args.recipe}" + (f"-{args.model}" if args.model else "")
+    overrides = list(args.overrides)
+    if args.model:
+        overrides += [f"model.name={args.model}", "model.args={}"]
+    if args.threads:
+        overrides.append(f"train.threads={args.threads}")
+        torch.set_num_threads(args.threads)
+    if args.data_root:
+        overrides.append(f"data.root={args.data_root}")
+    run_dir = Path(args.out_dir) / name
+    if run_dir.exists() and not args.resume:
+        if not args.fresh:
+            parser.error(f"{run_dir} exists from an earlier run: pass --resume to continue it or --fresh to delete it")
+        shutil.rmtree(run_dir)
+    overrides += [f"train.out_dir={run_dir}", "train.progress=false"]
+    cfg = load_config(recipe_path, overrides)
+
+    record: dict = {
+        "name": name, "recipe": args.recipe, "note": args.note, "model": cfg.model.name,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python benchmarks/camvid.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": machine(), "versions": versions(),
+    }
+    results = Path(args.results)
+    out_json = results / f"{name}.json"
+    results.mkdir(parents=True, exist_ok=True)
+
+    start = time.perf_counter()
+    try:
+        profile = profile_model(cfg.model.name, 11, tuple(cfg.data.eval_size or (360, 480)), **cfg.model.args)
+        record.update(params_millions=profile.params / 1e6, gflops_at_eval_size=profile.gflops,
+                      eval_size=list(profile.size))
+        if args.budget_minutes:
+            per_step = seconds_per_step(cfg)
+            cfg.train.max_steps = max(1, math.floor(0.9 * args.budget_minutes * 60 / per_step))
+            record.update(budget_minutes=args.budget_minutes, estimated_seconds_per_step=per_step)
+            print(f"{cfg.model.name}: about {per_step:.2f} s per step -> {cfg.train.max_steps} steps "
+                  f"in {args.budget_minutes} minutes", flush=True)
+        steps_per_epoch = max(1, 367 // cfg.data.batch_size)  # CamVid's 367 training images
+        record["steps"] = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
+        record["epochs"] = record["steps"] / steps_per_epoch
+        record["config"] = cfg.to_dict()
+        train_start = time.perf_counter()
+        summary = train(cfg, resume="auto" if args.resume else None)
+        record["train_wall_seconds"] = time.perf_counter() - train_start
+        epochs = {e["epoch"]: e for e in read_log(run_dir) if e.get("type") == "epoch"}
+        record["curve"] = [{k: e.get(k) for k in ("epoch", "train_loss", "val_mIoU", "epoch_seconds")}
+                           for _, e in sorted(epochs.items())]
+        validated = [e for e in epochs.values() if e.get("val_mIoU") is not None]
+        best = max(validated, key=lambda e: e["val_mIoU"]) if validated else max(epochs.values(), key=lambda e: e["epoch"])
+        record.update(best_val_mIoU=best.get("val_mIoU"), best_epoch=best["epoch"])
+        # The test split is scored once, with the checkpoint chosen on val.
+        eval_start = time.perf_counter()
+        scores = run_eval(summary["best_checkpoint"], "test", data_root=args.data_root,
+                          out=str(run_dir / "eval-test.json"), progress=False, report=False,
+                          boundary=not args.no_boundary)
+        record["test_eval_seconds"] = time.perf_counter() - eval_start
+        record["test"] = {k: scores[k] for k in ("mIoU", "pixel_accuracy", "mean_class_accuracy", "per_class_iou",
+                                                 "mean_bf1", "ece") if k in scores}
+        record["status"] = "ok"
+        if not args.budget_minutes:  # budget runs are a table row each, not a curve worth a file
+            plot_curves(run_dir, results / f"{name}.png")
+        val = f"best val {100 * best['val_mIoU']:.1f} at epoch {best['epoch']}" if validated else "no val split"
+        print(f"{name}: test mIoU {100 * scores['mIoU']:.1f} ({val}), "
+              f"{record['train_wall_seconds'] / 60:.1f} min training", flush=True)
+    except Exception as error:  # recorded, then re-raised: a failed idea is a result too
+        record.update(status="failed", error=f"{type(error).__name__}: {error}",
+                      traceback=traceback.format_exc(limit=5), wall_seconds=time.perf_counter() - start)
+        out_json.write_text(json.dumps(record, indent=2))
+        raise
+    out_json.write_text(json.dumps(record, indent=2))
+    print(f"wrote {out_json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
