@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-all demo install clean
+.PHONY: test test-all demo install clean bench-camvid bench-camvid-fast bench-camvid-table
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,17 @@ test-all: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/imseg demo $(if $(IMSEG_DATA),--data-root $(IMSEG_DATA),)
+
+# CamVid from scratch (docs/benchmarks.md): each writes benchmarks/results/camvid-*.json.
+bench-camvid: $(STAMP)
+	$(BIN)/python benchmarks/camvid.py flagship --fresh $(if $(IMSEG_DATA),--data-root $(IMSEG_DATA),)
+
+bench-camvid-fast: $(STAMP)
+	$(BIN)/python benchmarks/camvid.py fast --fresh $(if $(IMSEG_DATA),--data-root $(IMSEG_DATA),)
+
+bench-camvid-table: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH benchmarks/camvid_table.sh 2
+	$(BIN)/python benchmarks/camvid_table.py
 
 clean:
 	rm -rf $(VENV) runs
