@@ -20,6 +20,7 @@ from imseg.data import (
     build_dataset,
     colorize,
     default_palette,
+    enet_weights,
     find_camvid_root,
     median_frequency_weights,
     overlay,
@@ -486,3 +487,20 @@ def test_median_frequency_formula_and_absent_class(tmp_path):
     f0, f1 = 28 / 32, 4 / 16
     med = (f0 + f1) / 2
     assert torch.allclose(w, torch.tensor([med / f0, med / f1, 0.0]))
+
+
+def test_enet_weights_formula_and_absent_class(tmp_path):
+    # Same masks: 28 of 32 labelled pixels are class 0, 4 are class 1, none class 2.
+    a = np.zeros((4, 4))
+    a[0] = 1
+    save_rgb(tmp_path / "images" / "a.png", 4, 4)
+    save_rgb(tmp_path / "images" / "b.png", 4, 4)
+    save_mask(tmp_path / "masks" / "a.png", a)
+    save_mask(tmp_path / "masks" / "b.png", np.zeros((4, 4)))
+    ds = folder(tmp_path)
+    with pytest.warns(UserWarning, match="dog"):
+        w = enet_weights(ds)
+    expected = [1 / np.log(1.02 + 28 / 32), 1 / np.log(1.02 + 4 / 32), 0.0]
+    assert torch.allclose(w, torch.tensor(expected, dtype=torch.float32))
+    with pytest.raises(ValueError, match="c must be > 1"):
+        enet_weights(ds, c=1.0)

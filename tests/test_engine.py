@@ -63,6 +63,20 @@ def test_resume_refuses_a_checkpoint_of_another_model(tiny_root, tmp_path):
         train(other, resume=tmp_path / "a" / "checkpoints" / "last.pt", log=_quiet)
 
 
+def test_best_checkpoint_holds_weights_only_and_is_no_resume_point(tiny_root, tmp_path):
+    cfg = config_from_dict(tiny_config(tiny_root, tmp_path / "a", **{"train.epochs": 1}))
+    train(cfg, log=_quiet)
+    best = tmp_path / "a" / "checkpoints" / "best.pt"
+    last = tmp_path / "a" / "checkpoints" / "last.pt"
+    state = load_checkpoint(best)
+    assert "optimizer" not in state and "optimizer" in load_checkpoint(last)
+    # Adam keeps two moments per weight: dropping them shrinks the file.
+    assert best.stat().st_size < 0.5 * last.stat().st_size
+    assert load_model(best) is not None  # still enough for eval, predict and export
+    with pytest.raises(CheckpointError, match="best.pt.*weights only|weights only.*last.pt"):
+        train(cfg, resume=best, log=_quiet)
+
+
 def test_caffe_checkpoint_predicts_like_the_training_pipeline(tiny_root, tmp_path):
     raw = tiny_config(tiny_root, tmp_path / "caffe", **{"train.epochs": 3})
     raw["model"]["preprocessing"] = "caffe"

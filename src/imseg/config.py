@@ -75,7 +75,8 @@ class LossConfig:
     # lovasz, boundary), each a dict: {name: dice, weight: 0.5, smooth: 1.0}.
     terms: list[dict[str, Any]] = field(default_factory=lambda: [{"name": "ce"}])
     # Given to the terms that take class weights (ce, ohem):
-    # 'none' | 'median_frequency' | an explicit list, one weight per class.
+    # 'none' | 'median_frequency' | 'enet' (1/ln(1.02 + share), milder) | an
+    # explicit list, one weight per class.
     class_weights: Union[str, list[float]] = "none"
     # Auxiliary heads' logits get the same sum, times this weight.
     aux_weight: float = 0.4

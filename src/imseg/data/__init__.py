@@ -9,7 +9,7 @@ from .build import DATASETS, build_dataset
 from .camvid import CAMVID_CLASSES, CAMVID_PALETTE, SEGNET_CLASS_WEIGHTS, CamVid, find_camvid_root
 from .folder import FolderDataset
 from .palette import colorize, default_palette, overlay, rgb_to_index
-from .stats import median_frequency_weights
+from .stats import enet_weights, median_frequency_weights
 from .transforms import JointTransform, build_transform
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "colorize",
     "default_palette",
     "find_camvid_root",
+    "enet_weights",
     "median_frequency_weights",
     "overlay",
     "rgb_to_index",
