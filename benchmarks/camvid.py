@@ -97,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="train this registered model instead of the recipe's (its own defaults)")
     parser.add_argument("--budget-minutes", type=float, help="as many steps as fit in this much training time")
     parser.add_argument("--no-boundary", action="store_true", help="skip boundary F1 in the test pass (faster)")
+    parser.add_argument("--select-tta", action="store_true",
+                        help="then choose test-time scales/flip on val and score test with them too "
+                             "(benchmarks/camvid_tta.py)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. --set optim.lr=0.01 (repeatable)")
     parser.add_argument("--data-root", help="CamVid folder (default: IMSEG_DATA or ../shared/data/camvid)")
@@ -179,11 +182,18 @@ def main(argv: list[str] | None = None) -> int:
         record["test_eval_seconds"] = time.perf_counter() - eval_start
         record["test"] = {k: scores[k] for k in ("mIoU", "pixel_accuracy", "mean_class_accuracy", "per_class_iou",
                                                  "mean_bf1", "ece") if k in scores}
+        if args.select_tta:
+            sys.path.insert(0, str(HERE))
+            from camvid_tta import select_and_test
+
+            record["tta"] = select_and_test(summary["best_checkpoint"], run_dir, args.data_root,
+                                            boundary=not args.no_boundary)
         record["status"] = "ok"
         if not args.budget_minutes:  # budget runs are a table row each, not a curve worth a file
             plot_curves(run_dir, results / f"{name}.png")
         val = f"best val {100 * best['val_mIoU']:.1f} at epoch {best['epoch']}" if validated else "no val split"
-        print(f"{name}: test mIoU {100 * scores['mIoU']:.1f} ({val}), "
+        tta = f", {100 * record['tta']['test']['mIoU']:.1f} with the val-chosen TTA" if args.select_tta else ""
+        print(f"{name}: test mIoU {100 * scores['mIoU']:.1f}{tta} ({val}), "
               f"{record['train_wall_seconds'] / 60:.1f} min training", flush=True)
     except Exception as error:  # recorded, then re-raised: a failed idea is a result too
         record.update(status="failed", error=f"{type(error).__name__}: {error}",

@@ -29,7 +29,7 @@ SMALL = ["--set", "data.crop_size=[64,96]", "--set", "data.batch_size=2", "--set
 
 def test_recipe_run_records_test_scores_and_the_val_choice(tiny, tmp_path):
     args = ["flagship", "--data-root", str(tiny), "--out-dir", str(tmp_path / "runs"), "--results",
-            str(tmp_path / "results"), "--set", "train.epochs=2", "--set", "train.val_every=1", *SMALL]
+            str(tmp_path / "results"), "--set", "train.epochs=2", "--set", "train.val_every=1", "--select-tta", *SMALL]
     assert _bench().main(args) == 0
     record = json.loads((tmp_path / "results" / "camvid-flagship.json").read_text())
     assert record["status"] == "ok" and record["model"] == "lraspp"
@@ -42,6 +42,12 @@ def test_recipe_run_records_test_scores_and_the_val_choice(tiny, tmp_path):
     assert record["command"].startswith("python benchmarks/camvid.py flagship")
     assert {"torch", "torchvision", "imseg"} <= set(record["versions"]) and record["machine"]["cpu_count"]
     assert (tmp_path / "results" / "camvid-flagship.png").stat().st_size > 1000
+    # --select-tta: every candidate scored on val, test scored again with the val winner only.
+    tta = record["tta"]
+    assert len(tta["candidates"]) == 4 and tta["test_epoch"] == record["best_epoch"]
+    best_val = max(c["val_mIoU"] for c in tta["candidates"])
+    assert any(c["val_mIoU"] == best_val and {"scales": c["scales"], "flip": c["flip"]} == tta["chosen"]
+               for c in tta["candidates"])
 
 
 def test_budget_run_picks_a_step_count_and_a_failed_run_is_recorded(tiny, tmp_path):
@@ -64,3 +70,34 @@ def test_unknown_recipe_names_the_known_ones(capsys):
     with pytest.raises(SystemExit):
         _bench().main(["nonesuch"])
     assert "flagship" in capsys.readouterr().err
+
+
+def _tta():
+    spec = importlib.util.spec_from_file_location("bench_camvid_tta", ROOT / "benchmarks" / "camvid_tta.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tta_is_chosen_on_val_and_test_is_scored_once(tiny, tmp_path):
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    common = ["--data-root", str(tiny), "--out-dir", str(runs), "--results", str(results)]
+    assert _bench().main(["flagship", *common, "--no-boundary", "--set", "train.epochs=1", *SMALL]) == 0
+    tta = _tta()
+    # Two candidates keep the test quick; main() reads the module's list when it runs.
+    tta.CANDIDATES = ({"scales": [1.0], "flip": False}, {"scales": [0.5, 1.0], "flip": True})
+    args = ["camvid-flagship", "--out-dir", str(runs), "--results", str(results), "--no-boundary",
+            "--data-root", str(tiny)]
+    assert tta.main(args) == 0
+    record = json.loads((results / "camvid-flagship.json").read_text())
+    tried = record["tta"]["candidates"]
+    assert [(t["scales"], t["flip"]) for t in tried] == [([1.0], False), ([0.5, 1.0], True)]
+    # The choice is the val winner, earlier on a tie; the test file was made with it.
+    winner = tried[1] if tried[1]["val_mIoU"] > tried[0]["val_mIoU"] else tried[0]
+    assert record["tta"]["chosen"] == {"scales": winner["scales"], "flip": winner["flip"]}
+    test = json.loads((runs / "camvid-flagship" / "eval-test-tta.json").read_text())
+    assert test["inference"]["scales"] == winner["scales"] and test["inference"]["flip"] == winner["flip"]
+    assert record["tta"]["test"]["mIoU"] == test["mIoU"]
+    assert record["tta"]["command"].startswith("python benchmarks/camvid_tta.py camvid-flagship")
+    with pytest.raises(SystemExit):  # a second TTA pass on test is refused
+        tta.main(args)
