@@ -39,6 +39,8 @@ TEST_KEYS = ("mIoU", "pixel_accuracy", "mean_class_accuracy", "per_class_iou", "
 def select_and_test(checkpoint: str | Path, run_dir: str | Path, data_root: str | None = None,
                     boundary: bool = True, candidates: tuple[dict, ...] = CANDIDATES) -> dict:
     """Pick the inference setting with the best val mIoU, then score test once with it."""
+    import torch
+
     from imseg.cli import run_eval
 
     run_dir = Path(run_dir)
@@ -61,6 +63,7 @@ def select_and_test(checkpoint: str | Path, run_dir: str | Path, data_root: str 
         "test": {k: scores[k] for k in TEST_KEYS if k in scores},
         "test_epoch": scores["epoch"],
         "seconds": time.perf_counter() - start,
+        "torch_threads": torch.get_num_threads(),
     }
 
 
