@@ -30,10 +30,10 @@ demo: $(STAMP)
 
 # CamVid from scratch (docs/benchmarks.md): each writes benchmarks/results/camvid-*.json.
 bench-camvid: $(STAMP)
-	$(BIN)/python benchmarks/camvid.py flagship --fresh $(if $(IMSEG_DATA),--data-root $(IMSEG_DATA),)
+	$(BIN)/python benchmarks/camvid.py flagship --fresh --select-tta $(if $(IMSEG_DATA),--data-root $(IMSEG_DATA),)
 
 bench-camvid-fast: $(STAMP)
-	$(BIN)/python benchmarks/camvid.py fast --fresh $(if $(IMSEG_DATA),--data-root $(IMSEG_DATA),)
+	$(BIN)/python benchmarks/camvid.py fast --fresh --select-tta $(if $(IMSEG_DATA),--data-root $(IMSEG_DATA),)
 
 bench-camvid-table: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH benchmarks/camvid_table.sh 2
