@@ -472,15 +472,19 @@ def test_colorize_overlay_and_rgb_to_index_round_trip():
     assert np.allclose(blended[0, 1], expected, atol=1)
 
 
-def test_median_frequency_formula_and_absent_class(tmp_path):
-    # a: 3/4 class 0, 1/4 class 1;  b: all class 0.  Class 2 never occurs.
+def _weights_folder(tmp_path):
+    """a: 3/4 class 0, 1/4 class 1;  b: all class 0.  Class 2 ("dog") never occurs."""
     a = np.zeros((4, 4))
     a[0] = 1
     save_rgb(tmp_path / "images" / "a.png", 4, 4)
     save_rgb(tmp_path / "images" / "b.png", 4, 4)
     save_mask(tmp_path / "masks" / "a.png", a)
     save_mask(tmp_path / "masks" / "b.png", np.zeros((4, 4)))
-    ds = folder(tmp_path)
+    return folder(tmp_path)
+
+
+def test_median_frequency_formula_and_absent_class(tmp_path):
+    ds = _weights_folder(tmp_path)
     with pytest.warns(UserWarning, match="dog"):
         w = median_frequency_weights(ds)
     # freq(0) = 28/32, freq(1) = 4/16 (only image a contains class 1)
@@ -490,14 +494,8 @@ def test_median_frequency_formula_and_absent_class(tmp_path):
 
 
 def test_enet_weights_formula_and_absent_class(tmp_path):
-    # Same masks: 28 of 32 labelled pixels are class 0, 4 are class 1, none class 2.
-    a = np.zeros((4, 4))
-    a[0] = 1
-    save_rgb(tmp_path / "images" / "a.png", 4, 4)
-    save_rgb(tmp_path / "images" / "b.png", 4, 4)
-    save_mask(tmp_path / "masks" / "a.png", a)
-    save_mask(tmp_path / "masks" / "b.png", np.zeros((4, 4)))
-    ds = folder(tmp_path)
+    # 28 of 32 labelled pixels are class 0, 4 are class 1, none class 2.
+    ds = _weights_folder(tmp_path)
     with pytest.warns(UserWarning, match="dog"):
         w = enet_weights(ds)
     expected = [1 / np.log(1.02 + 28 / 32), 1 / np.log(1.02 + 4 / 32), 0.0]
