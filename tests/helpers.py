@@ -1,12 +1,23 @@
 """Small builders shared by the engine and CLI tests."""
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 from PIL import Image
 
 from imseg.data.camvid import CAMVID_CLASSES
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """A fresh import of ``benchmarks/<name>.py`` (the benchmarks are scripts, not a package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_camvid_folder(camvid_root: Path, dest: Path, n: int = 2, size: tuple[int, int] = (96, 128)) -> Path:

@@ -1,22 +1,15 @@
 """benchmarks/camvid.py end to end on a tiny copy of CamVid: train, select on val, test once, record."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-from tests.helpers import tiny_camvid_copy
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import load_benchmark, tiny_camvid_copy
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_camvid", ROOT / "benchmarks" / "camvid.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("camvid")
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +66,7 @@ def test_unknown_recipe_names_the_known_ones(capsys):
 
 
 def _tta():
-    spec = importlib.util.spec_from_file_location("bench_camvid_tta", ROOT / "benchmarks" / "camvid_tta.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("camvid_tta")
 
 
 def test_tta_is_chosen_on_val_and_test_is_scored_once(tiny, tmp_path):
