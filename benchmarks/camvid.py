@@ -12,12 +12,15 @@ pixel accuracy, epochs, wall times, the validation curve, machine, versions,
 the command) with the curves beside it as a PNG. A run that fails is recorded
 too, with its error: failed ideas are results.
 
-``--budget-minutes`` replaces the recipe's epoch count by as many optimiser
-steps (``train.max_steps``) as fit in that much training time, estimated from
-a few timed training steps of the model at the recipe's crop and batch size
-before training starts (with 10% set aside for data loading); this is how
-every architecture gets the same short budget. A recipe without a val split
-scores the last checkpoint.
+A recipe with ``train.time_budget_minutes`` (or ``--budget-minutes``, which
+sets it) trains for as many optimiser steps as fit that budget on the
+machine running it (imseg.engine.budget: the first steps are timed, the
+count is fixed once); the JSON records the resolved ``train.max_steps``, so
+``--set train.max_steps=N`` repeats the run exactly anywhere. This is also
+how every architecture gets the same short budget. A recipe without a val
+split scores the last checkpoint. Every JSON records the machine: CPU model,
+vector/matrix extensions, kernel caps, torch threads and a float32 matmul
+probe (imseg.machine).
 """
 
 from __future__ import annotations
@@ -25,9 +28,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -42,18 +42,6 @@ RECIPES = HERE / "recipes"
 RESULTS = HERE / "results"
 
 
-def machine() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "python": sys.version.split()[0],
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-
-
 def versions() -> dict:
     import torchvision
 
@@ -66,29 +54,6 @@ def versions() -> dict:
         commit = None
     return {"torch": torch.__version__, "torchvision": torchvision.__version__, "imseg": imseg.__version__,
             "git_commit": commit}
-
-
-def seconds_per_step(cfg, num_classes: int = 11, steps: int = 2) -> float:
-    """Median time of a few training steps on random data at the recipe's crop and batch size."""
-    from imseg.losses import build_loss
-    from imseg.models import create_model
-    from imseg.engine.schedule import build_optimizer
-
-    model = create_model(cfg.model.name, num_classes, **cfg.model.args).train()
-    criterion = build_loss(cfg.loss.terms, ignore_index=255, aux_weight=cfg.loss.aux_weight)
-    optimizer = build_optimizer(model, cfg.optim)
-    h, w = cfg.data.crop_size
-    x = torch.randn(cfg.data.batch_size, 3, h, w)
-    y = torch.randint(0, num_classes, (cfg.data.batch_size, h, w))
-    times = []
-    for _ in range(steps + 1):  # the first step warms up the allocator and kernels
-        start = time.perf_counter()
-        loss = criterion(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        times.append(time.perf_counter() - start)
-    return sorted(times[1:])[len(times[1:]) // 2]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     from imseg.config import load_config
     from imseg.engine.plots import plot_curves, read_log
     from imseg.engine.train import train
+    from imseg.machine import describe, machine_info
     from imseg.models.profile import profile_model
 
     recipe_path = RECIPES / f"camvid-{args.recipe}.yaml"
@@ -132,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.data_root:
         overrides.append(f"data.root={args.data_root}")
+    if args.budget_minutes:
+        overrides.append(f"train.time_budget_minutes={args.budget_minutes}")
     run_dir = Path(args.out_dir) / name
     if run_dir.exists() and not args.resume:
         if not args.fresh:
@@ -144,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         "name": name, "recipe": args.recipe, "note": args.note, "model": cfg.model.name,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "python benchmarks/camvid.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": machine(), "versions": versions(),
+        "machine": machine_info(), "versions": versions(),
     }
+    print(f"{name} on {describe(record['machine'])}", flush=True)
     results = Path(args.results)
     out_json = results / f"{name}.json"
     results.mkdir(parents=True, exist_ok=True)
@@ -155,19 +124,16 @@ def main(argv: list[str] | None = None) -> int:
         profile = profile_model(cfg.model.name, 11, tuple(cfg.data.eval_size or (360, 480)), **cfg.model.args)
         record.update(params_millions=profile.params / 1e6, gflops_at_eval_size=profile.gflops,
                       eval_size=list(profile.size))
-        if args.budget_minutes:
-            per_step = seconds_per_step(cfg)
-            cfg.train.max_steps = max(1, math.floor(0.9 * args.budget_minutes * 60 / per_step))
-            record.update(budget_minutes=args.budget_minutes, estimated_seconds_per_step=per_step)
-            print(f"{cfg.model.name}: about {per_step:.2f} s per step -> {cfg.train.max_steps} steps "
-                  f"in {args.budget_minutes} minutes", flush=True)
-        steps_per_epoch = max(1, 367 // cfg.data.batch_size)  # CamVid's 367 training images
-        record["steps"] = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
-        record["epochs"] = record["steps"] / steps_per_epoch
         record["config"] = cfg.to_dict()
         train_start = time.perf_counter()
         summary = train(cfg, resume="auto" if args.resume else None)
         record["train_wall_seconds"] = time.perf_counter() - train_start
+        steps_per_epoch = max(1, 367 // cfg.data.batch_size // cfg.train.grad_accum)  # CamVid's 367 images
+        record.update(steps=summary["total_steps"], epochs=summary["total_steps"] / steps_per_epoch,
+                      resolved_max_steps=summary["total_steps"], budget=summary["budget"],
+                      repeat_with=f"--set train.max_steps={summary['total_steps']}")
+        if summary["budget"]:
+            record["budget_minutes"] = summary["budget"]["budget_minutes"]
         epochs = {e["epoch"]: e for e in read_log(run_dir) if e.get("type") == "epoch"}
         record["curve"] = [{k: e.get(k) for k in ("epoch", "train_loss", "val_mIoU", "epoch_seconds")}
                            for _, e in sorted(epochs.items())]
@@ -189,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             record["tta"] = select_and_test(summary["best_checkpoint"], run_dir, args.data_root,
                                             boundary=not args.no_boundary)
         record["status"] = "ok"
-        if not args.budget_minutes:  # budget runs are a table row each, not a curve worth a file
+        if args.recipe != "budget":  # budget-table runs are a table row each, not a curve worth a file
             plot_curves(run_dir, results / f"{name}.png")
         val = f"best val {100 * best['val_mIoU']:.1f} at epoch {best['epoch']}" if validated else "no val split"
         tta = f", {100 * record['tta']['test']['mIoU']:.1f} with the val-chosen TTA" if args.select_tta else ""

@@ -50,8 +50,12 @@ def test_budget_run_picks_a_step_count_and_a_failed_run_is_recorded(tiny, tmp_pa
     assert bench.main(["budget", "--model", "lraspp", "--budget-minutes", "0.05", "--set", "data.eval_size=[64,96]",
                        *common]) == 0
     record = json.loads((tmp_path / "results" / "camvid-budget-lraspp.json").read_text())
-    per_step = record["estimated_seconds_per_step"]
-    assert record["steps"] == max(1, int(0.9 * 0.05 * 60 / per_step))
+    # The step count comes from train.time_budget_minutes, resolved once and recorded for an exact rerun.
+    assert record["budget"]["budget_minutes"] == record["budget_minutes"] == 0.05
+    assert record["steps"] == record["resolved_max_steps"] == record["budget"]["max_steps"] >= 1
+    assert record["repeat_with"] == f"--set train.max_steps={record['steps']}"
+    assert record["config"]["train"]["time_budget_minutes"] == 0.05
+    assert record["machine"]["cpu_flags"] is not None and record["machine"]["matmul_fp32_gflops"] > 0
     assert record["best_val_mIoU"] is None and 0.0 <= record["test"]["mIoU"] <= 1.0
     with pytest.raises(ValueError, match="learning rate"):
         bench.main(["budget", "--model", "lraspp", "--name", "broken", "--set", "optim.lr=-1", *common])

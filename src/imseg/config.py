@@ -105,6 +105,12 @@ class TrainConfig:
     # schedule still spans ``epochs`` (for time-limited or preemptible jobs:
     # run again with --resume to continue). None: run to the end.
     stop_after: Optional[int] = None
+    # Train for as many optimiser steps as fit this many minutes on the machine
+    # running it (steps and validation passes; see imseg.engine.budget): the
+    # first steps are timed once, the count is fixed from them and written to
+    # the run's config as ``max_steps``, which a rerun or resume then uses.
+    # An explicit ``max_steps`` wins over the budget. None: no budget.
+    time_budget_minutes: Optional[float] = None
     val_every: int = 1
     # last.pt is written every ``save_every`` epochs and at the end of the run.
     save_every: int = 1
@@ -122,7 +128,9 @@ class TrainConfig:
     # far that eval-mode predictions collapse to one class: 0.1 fixes that.
     bn_momentum: Optional[float] = None
     grad_accum: int = 1
-    # 'none', 'bf16', 'fp16', or 'auto' (bf16 on CPUs that support it, fp16 on CUDA)
+    # 'none', 'bf16', 'fp16', or 'auto': bf16 where it is native (CPUs with
+    # AVX512-BF16 or AMX, CUDA GPUs with bf16), fp16 on older GPUs, float32 on
+    # other CPUs (where bf16 is emulated and many times slower than float32).
     amp: Literal["none", "auto", "bf16", "fp16"] = "none"
     device: str = "auto"
     seed: int = 0

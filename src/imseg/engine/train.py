@@ -14,6 +14,7 @@ sees the same global batches as one process.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -28,7 +29,7 @@ from tqdm.auto import tqdm
 
 from imseg.config import Config, save_config
 from imseg.data import build_dataset, enet_weights, median_frequency_weights
-from imseg.engine import distributed
+from imseg.engine import budget, distributed
 from imseg.engine.checkpoint import (
     CheckpointError,
     find_resume_checkpoint,
@@ -75,6 +76,25 @@ class NonFiniteLoss(FloatingPointError):
     pass
 
 
+def _read_resume_state(path, spec: dict[str, Any]) -> dict[str, Any]:
+    state = load_checkpoint(path)
+    if "optimizer" not in state:
+        raise CheckpointError(
+            f"checkpoint {path} holds weights only (best.pt keeps no optimiser state), so a run cannot "
+            f"resume from it: resume from last.pt or a step-*.pt checkpoint of the same run folder"
+        )
+    if state["model"] != spec:
+        raise CheckpointError(f"checkpoint {path} was made for model {state['model']}, but the config builds {spec}")
+    return state
+
+
+def _resolved_steps(state: dict[str, Any] | None) -> int | None:
+    """The step count a budgeted run being resumed fixed for itself (older checkpoints: from their config)."""
+    if state is None:
+        return None
+    return state.get("total_steps") or state.get("config", {}).get("train", {}).get("max_steps")
+
+
 def train(cfg: Config, resume: str | Path | None = None, log: Callable[[str], None] = _print) -> dict[str, Any]:
     """Train per ``cfg``; returns a summary with the best validation mIoU and checkpoint paths.
 
@@ -90,6 +110,7 @@ def train(cfg: Config, resume: str | Path | None = None, log: Callable[[str], No
 
 
 def _train(cfg: Config, resume, log: Callable[[str], None], ctx: distributed.Context) -> dict[str, Any]:
+    cfg = copy.deepcopy(cfg)  # the resolved time budget is written into it, not into the caller's
     out_dir = Path(cfg.train.out_dir)
     ckpt_dir = out_dir / "checkpoints"
     set_threads(cfg.train.threads)
@@ -150,17 +171,8 @@ def _train(cfg: Config, resume, log: Callable[[str], None], ctx: distributed.Con
     if steps_per_epoch == 0:
         raise ValueError(f"train.grad_accum={accum} is larger than the {batches_per_epoch} batches of an epoch")
     batches_per_epoch = steps_per_epoch * accum  # leftover batches cannot fill an accumulation window
-    if cfg.train.max_steps is not None:
-        if cfg.train.max_steps < 1:
-            raise ValueError(f"train.max_steps must be >= 1, got {cfg.train.max_steps}")
-        total_steps = cfg.train.max_steps
-        epochs = math.ceil(total_steps / steps_per_epoch)
-    else:
-        epochs = cfg.train.epochs
-        total_steps = steps_per_epoch * epochs
 
     optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, total_steps, cfg.optim)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     if resume is None and distributed.elastic_restart_count() > 0:
@@ -169,27 +181,70 @@ def _train(cfg: Config, resume, log: Callable[[str], None], ctx: distributed.Con
         resume = find_resume_checkpoint(out_dir)
         log(f"--resume auto: {'continuing from ' + str(resume) if resume else 'no checkpoint yet, starting fresh'}")
     start_epoch, start_batch, step, best_miou, rng_state = 0, 0, 0, -1.0, None
-    if resume is not None:
-        state = load_checkpoint(resume)
-        if "optimizer" not in state:
-            raise CheckpointError(
-                f"checkpoint {resume} holds weights only (best.pt keeps no optimiser state), so a run cannot "
-                f"resume from it: resume from last.pt or a step-*.pt checkpoint of the same run folder"
-            )
-        if state["model"] != spec:
-            raise CheckpointError(
-                f"checkpoint {resume} was made for model {state['model']}, but the config builds {spec}"
-            )
+    state = _read_resume_state(resume, spec) if resume is not None else None
+    if state is not None:
         model.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         start_epoch, start_batch = state["epoch"], state.get("batch_in_epoch", 0)
         step, best_miou, rng_state = state["global_step"], state["best_miou"], state.get("rng_state")
-        log(f"resumed from {resume} at epoch {start_epoch + 1}, batch {start_batch} (step {step})")
 
     train_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
         if ctx.distributed else model
+
+    def forward_loss(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        images = images.to(device, non_blocking=True)
+        masks = masks.to(device, non_blocking=True)
+        with autocast(device, amp_dtype):
+            output = train_model(preprocessing(images))
+        return criterion(output, masks)
+
+    def finish_step() -> None:
+        if cfg.train.grad_clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    def time_validation() -> float:
+        # A whole validation pass, estimated from a few images of this process's share.
+        shard = val_loader.dataset
+        sample = Subset(shard, range(min(len(shard), 2 * val_loader.batch_size)))
+        scores = evaluate(model, DataLoader(sample, batch_size=val_loader.batch_size), num_classes=num_classes,
+                          ignore_index=train_ds.ignore_index, inference=inference, device=device)
+        return scores["seconds"] / len(sample) * len(shard)
+
+    budget_plan = None
+    if cfg.train.max_steps is None and cfg.train.time_budget_minutes is not None:
+        resolved = _resolved_steps(state)
+        if resolved is not None:
+            log(f"time budget: the run being resumed fixed train.max_steps={resolved}; keeping it")
+        else:
+            sampler.set_epoch(0)
+            budget_plan = budget.plan(
+                cfg.train.time_budget_minutes, loader=loader,
+                run_batch=lambda x, y: scaler.scale(forward_loss(x, y) / accum).backward(),
+                finish_step=finish_step, accum=accum, restore={"model": model, "optimizer": optimizer,
+                                                               "scaler": scaler},
+                validate=time_validation if val_loader is not None else None,
+                val_every=cfg.train.val_every, steps_per_epoch=steps_per_epoch)
+            resolved = budget_plan.max_steps
+            log(budget_plan.describe())
+        cfg.train.max_steps = resolved  # written to config.yaml and every checkpoint: reruns repeat it
+    if cfg.train.max_steps is not None:
+        if cfg.train.max_steps < 1:
+            raise ValueError(f"train.max_steps must be >= 1, got {cfg.train.max_steps}")
+        total_steps = cfg.train.max_steps
+        epochs = math.ceil(total_steps / steps_per_epoch)
+    else:
+        epochs = cfg.train.epochs
+        total_steps = steps_per_epoch * epochs
+    scheduler = build_scheduler(optimizer, total_steps, cfg.optim)
+    if state is not None:
+        # After the scheduler is built: building it resets the optimiser's learning rate.
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        log(f"resumed from {resume} at epoch {start_epoch + 1}, batch {start_batch} (step {step})")
 
     writer = log_file = None
     if ctx.is_main:
@@ -228,6 +283,7 @@ def _train(cfg: Config, resume, log: Callable[[str], None], ctx: distributed.Con
             "epoch": epoch_done,
             "batch_in_epoch": batch_in_epoch,
             "global_step": step,
+            "total_steps": total_steps,
             "best_miou": best_miou,
             "metrics": metrics,
         }
@@ -265,11 +321,7 @@ def _train(cfg: Config, resume, log: Callable[[str], None], ctx: distributed.Con
         for i, (images, masks) in enumerate(bar, start=skip):
             if i >= batches_per_epoch or step >= total_steps:
                 break
-            images = images.to(device, non_blocking=True)
-            masks = masks.to(device, non_blocking=True)
-            with autocast(device, amp_dtype):
-                output = train_model(preprocessing(images))
-            loss = criterion(output, masks)
+            loss = forward_loss(images, masks)
             # Every process must take the same decision, or DDP deadlocks.
             finite_flag = torch.isfinite(loss.detach()).float().reshape(1)
             finite = distributed.all_reduce_(finite_flag, torch.distributed.ReduceOp.MIN).item() > 0
@@ -288,12 +340,7 @@ def _train(cfg: Config, resume, log: Callable[[str], None], ctx: distributed.Con
             loss_count += 1
             if (i + 1) % accum:
                 continue
-            if cfg.train.grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            finish_step()
             scheduler.step()
             step += 1
             lr = optimizer.param_groups[0]["lr"]
@@ -360,5 +407,7 @@ def _train(cfg: Config, resume, log: Callable[[str], None], ctx: distributed.Con
         "last_checkpoint": str(ckpt_dir / "last.pt"),
         "best_checkpoint": str(ckpt_dir / "best.pt"),
         "train_seconds": time.perf_counter() - train_start,
+        "total_steps": total_steps,
+        "budget": budget_plan.to_dict() if budget_plan is not None else None,
         "val": val_scores,
     }

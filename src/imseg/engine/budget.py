@@ -1,0 +1,154 @@
+"""Time-budgeted training: fix the number of optimiser steps to what fits a budget on this machine.
+
+``train.time_budget_minutes: 20`` turns into ``train.max_steps: N`` once,
+before training starts, so that the learning-rate schedule spans exactly the
+steps that will run (a run that is simply cut off at 20 minutes would end
+in the middle of its schedule, at a high learning rate). N comes from a
+rehearsal: the first few optimiser steps are run on the real batches,
+through the real model, optimiser and data loader, and timed; so is
+validation on a few images. Then the model, optimiser, AMP scaler and random
+state are put back as they were, so the rehearsal leaves no trace: the
+budgeted run and a rerun with ``--set train.max_steps=N`` give identical
+weights, on any machine.
+
+What the budget covers: the training steps (data loading included) and the
+validation passes, less the time the rehearsal itself took. Checkpoint
+writes are not timed; ``MARGIN`` of the budget is kept back for them and
+for the step-to-step noise of a shared machine.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterable
+
+import torch
+
+from imseg.engine import distributed
+
+MARGIN = 0.03  # of the budget, kept back for checkpoints and noise
+WARMUP_STEPS = 1  # untimed: the first step pays for allocation and kernel selection
+TIMED_STEPS = 3  # the median of these is the step time
+
+_clock: Callable[[], float] = time.perf_counter  # tests replace it with a fake clock
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    budget_minutes: float
+    seconds_per_step: float
+    seconds_per_validation: float
+    rehearsal_seconds: float
+    max_steps: int
+    epochs: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        return (f"time budget {self.budget_minutes:g} min: {self.seconds_per_step:.2f} s per step, "
+                f"{self.seconds_per_validation:.1f} s per validation (timed in a {self.rehearsal_seconds:.0f} s "
+                f"rehearsal) -> train.max_steps={self.max_steps} ({self.epochs:.1f} epochs); repeat this run "
+                f"exactly anywhere with --set train.max_steps={self.max_steps}")
+
+
+def validations(steps: int, steps_per_epoch: int, val_every: int, has_val: bool) -> int:
+    """How many validation passes a run of ``steps`` steps makes (every ``val_every`` epochs and at the end)."""
+    if not has_val:
+        return 0
+    epochs = math.ceil(steps / steps_per_epoch)
+    return epochs // val_every + (1 if epochs % val_every else 0)
+
+
+def steps_within(budget_seconds: float, step_seconds: float, val_seconds: float, steps_per_epoch: int,
+                 val_every: int, has_val: bool) -> int:
+    """The largest step count whose steps and validation passes fit ``budget_seconds`` (at least 1)."""
+    def cost(n: int) -> float:
+        return n * step_seconds + validations(n, steps_per_epoch, val_every, has_val) * val_seconds
+
+    upper = math.floor(budget_seconds / step_seconds)  # no validation at all: too many
+    # Validation passes grow with n, so paying for ``upper``'s passes gives a count that fits;
+    # then walk up while one more step still fits.
+    n = max(1, math.floor((budget_seconds - validations(max(1, upper), steps_per_epoch, val_every, has_val)
+                           * val_seconds) / step_seconds))
+    while cost(n + 1) <= budget_seconds:
+        n += 1
+    return n
+
+
+def _snapshot(modules: dict[str, Any]) -> dict[str, Any]:
+    state = {name: copy.deepcopy(obj.state_dict()) for name, obj in modules.items()}
+    state["rng"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore(modules: dict[str, Any], state: dict[str, Any]) -> None:
+    for name, obj in modules.items():
+        obj.load_state_dict(state[name])
+    torch.set_rng_state(state["rng"])
+    if "cuda_rng" in state:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+
+def _batches(loader: Iterable, count: int):
+    """``count`` batches from ``loader``, going round it again when an epoch is shorter."""
+    given = 0
+    while given < count:
+        for batch in loader:
+            yield batch
+            given += 1
+            if given == count:
+                return
+
+
+def _agree(value: float) -> float:
+    # Every process must plan the same number of steps: take the slowest.
+    return distributed.all_reduce_(torch.tensor([value], dtype=torch.float64),
+                                   torch.distributed.ReduceOp.MAX).item()
+
+
+def rehearse_step_seconds(loader: Iterable, run_batch: Callable, finish_step: Callable, accum: int,
+                          restore: dict[str, Any]) -> float:
+    """Median seconds per optimiser step over ``TIMED_STEPS`` real steps; ``restore`` is put back after."""
+    saved = _snapshot(restore)
+    times = []
+    try:
+        batches = _batches(loader, (WARMUP_STEPS + TIMED_STEPS) * accum)
+        for _ in range(WARMUP_STEPS + TIMED_STEPS):
+            start = _clock()
+            for _ in range(accum):
+                run_batch(*next(batches))
+            finish_step()
+            times.append(_clock() - start)
+    finally:
+        _restore(restore, saved)
+    return _agree(statistics.median(times[WARMUP_STEPS:]))
+
+
+def plan(budget_minutes: float, *, loader: Iterable, run_batch: Callable, finish_step: Callable, accum: int,
+         restore: dict[str, Any], validate: Callable[[], float] | None, val_every: int,
+         steps_per_epoch: int) -> BudgetPlan:
+    """Rehearse, then the step count that fits ``budget_minutes``.
+
+    ``run_batch(images, masks)`` runs forward and backward on one batch,
+    ``finish_step()`` the optimiser step; ``validate()`` returns the seconds a
+    whole validation pass would take (None: no validation); ``restore`` names
+    the objects with state (model, optimiser, scaler) the rehearsal changes.
+    """
+    if not budget_minutes > 0:
+        raise ValueError(f"train.time_budget_minutes must be > 0, got {budget_minutes}")
+    start = _clock()
+    step_seconds = rehearse_step_seconds(loader, run_batch, finish_step, accum, restore)
+    val_seconds = _agree(validate()) if validate is not None else 0.0
+    rehearsal = _clock() - start
+    usable = budget_minutes * 60 * (1 - MARGIN) - rehearsal
+    steps = steps_within(usable, max(step_seconds, 1e-9), val_seconds, steps_per_epoch, val_every,
+                         validate is not None)
+    return BudgetPlan(budget_minutes=budget_minutes, seconds_per_step=step_seconds,
+                      seconds_per_validation=val_seconds, rehearsal_seconds=rehearsal, max_steps=steps,
+                      epochs=steps / steps_per_epoch)

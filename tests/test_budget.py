@@ -1,0 +1,200 @@
+"""Precision that adapts to the CPU, and training fixed to a time budget."""
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+
+import pytest
+import torch
+import yaml
+
+from imseg import machine
+from imseg.config import config_from_dict, load_config
+from imseg.engine import budget, runtime
+from imseg.engine.checkpoint import load_checkpoint
+from imseg.engine.train import train
+from tests.helpers import tiny_camvid_folder, tiny_config
+
+CPU = torch.device("cpu")
+
+
+# ------------------------------------------------------------------ precision
+
+
+@pytest.mark.parametrize("native, expected", [(False, None), (True, torch.bfloat16)])
+def test_auto_is_bf16_only_where_the_cpu_has_native_bf16(monkeypatch, native, expected):
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: native)
+    assert runtime.resolve_amp("auto", CPU) is expected
+    assert runtime.resolve_amp("none", CPU) is None
+
+
+def test_explicit_bf16_on_an_emulating_cpu_runs_but_warns_once_with_the_slowdown(monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "bf16_slowdown", lambda: 34.6)
+    monkeypatch.setattr(runtime, "_warned_slow_bf16", False)
+    with pytest.warns(RuntimeWarning, match=r"34\.6x slower under bf16 autocast.*train\.amp=auto"):
+        assert runtime.resolve_amp("bf16", CPU) is torch.bfloat16
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second warning would raise here
+        assert runtime.resolve_amp("bf16", CPU) is torch.bfloat16
+
+
+def test_native_bf16_gives_no_warning(monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(runtime, "_warned_slow_bf16", False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert runtime.resolve_amp("bf16", CPU) is torch.bfloat16
+
+
+def test_kernel_caps_turn_native_bf16_off(monkeypatch):
+    # A CPU with AVX512-BF16 that is told to run AVX2 kernels emulates bf16 like an AVX2 CPU.
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert machine.cpu_supports_bf16()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert not machine.cpu_supports_bf16()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
+    assert machine.cpu_supports_bf16()
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert not machine.cpu_supports_bf16()
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert not machine.cpu_supports_bf16()
+
+
+def test_machine_info_names_the_cpu_its_extensions_threads_and_a_matmul_probe():
+    info = machine.machine_info()
+    assert info["cpu"] and info["torch_threads"] == torch.get_num_threads()
+    assert set(info["cpu_flags"]) <= set(machine._FLAGS)
+    assert info["isa_caps"]["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert info["matmul_fp32_gflops"] > 0 and isinstance(info["native_bf16"], bool)
+    assert info["cpu"] in machine.describe(info) and "GFLOP/s" in machine.describe(info)
+    assert machine.bf16_slowdown(repeats=1) > 0
+
+
+def test_every_shipped_config_and_recipe_adapts_its_precision():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    files = sorted((root / "configs").glob("*.yaml")) + sorted((root / "benchmarks" / "recipes").glob("*.yaml"))
+    assert len(files) > 20
+    for path in files:
+        assert load_config(path).train.amp == "auto", path.name
+
+
+# ------------------------------------------------------------------ step arithmetic
+
+
+def test_validations_counted_every_val_every_epochs_and_at_the_end():
+    assert budget.validations(10, steps_per_epoch=5, val_every=1, has_val=True) == 2
+    assert budget.validations(11, steps_per_epoch=5, val_every=2, has_val=True) == 2  # epochs 2 and 3 (the end)
+    assert budget.validations(20, steps_per_epoch=5, val_every=2, has_val=True) == 2
+    assert budget.validations(20, steps_per_epoch=5, val_every=2, has_val=False) == 0
+
+
+def test_steps_within_is_the_largest_count_that_fits():
+    # 2 s a step, 10 steps an epoch, a 15 s validation after every epoch, 100 s:
+    # 27 steps (3 epochs, 3 validations) cost 54 + 45 = 99 s; 28 steps cost 101 s.
+    assert budget.steps_within(100, 2.0, 15.0, 10, 1, True) == 27
+    assert budget.steps_within(100, 2.0, 0.0, 10, 1, False) == 50
+    assert budget.steps_within(1, 2.0, 15.0, 10, 1, True) == 1  # never 0 steps
+    for total in range(5, 400, 7):  # brute force agrees
+        n = budget.steps_within(total, 1.5, 4.0, 6, 2, True)
+        cost = lambda k: k * 1.5 + budget.validations(k, 6, 2, True) * 4.0  # noqa: E731
+        assert n == 1 or cost(n) <= total
+        assert cost(n + 1) > total
+
+
+# ------------------------------------------------------------------ budgeted runs
+
+
+@pytest.fixture(scope="module")
+def tiny_root(camvid_root, tmp_path_factory):
+    return tiny_camvid_folder(camvid_root, tmp_path_factory.mktemp("tiny"), n=2, size=(64, 96))
+
+
+def _cfg(root, out_dir, **overrides):
+    raw = tiny_config(root, out_dir, **{"data.crop_size": [64, 96], "data.val_split": "",
+                                        "model.args": {"encoder": "resnet18"}, **overrides})
+    return config_from_dict(raw)
+
+
+def _fake_clock(monkeypatch, tick: float) -> None:
+    counter = itertools.count(0.0, tick)
+    monkeypatch.setattr(budget, "_clock", lambda: next(counter))
+
+
+def _weights(run_dir):
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt")["state_dict"]
+
+
+BUDGET = 0.12  # minutes; with a 0.5 s fake step: floor((0.12 * 60 * 0.97 - 4.5) / 0.5) = 4 steps
+
+
+def test_a_budget_resolves_the_step_count_from_timed_steps_and_a_rerun_repeats_it(tiny_root, tmp_path, monkeypatch):
+    _fake_clock(monkeypatch, 0.5)
+    logged = []
+    summary = train(_cfg(tiny_root, tmp_path / "budget", **{"train.time_budget_minutes": BUDGET}), log=logged.append)
+    plan = summary["budget"]
+    assert plan["seconds_per_step"] == 0.5
+    # The clock is read at the start, around each of the 1 + 3 rehearsal steps, and at the end.
+    assert plan["rehearsal_seconds"] == 0.5 * (2 * (budget.WARMUP_STEPS + budget.TIMED_STEPS) + 1)
+    expected = math.floor((BUDGET * 60 * (1 - budget.MARGIN) - plan["rehearsal_seconds"]) / 0.5)
+    assert summary["total_steps"] == plan["max_steps"] == expected == 4
+    assert any("train.max_steps=4" in line for line in logged)
+    saved = yaml.safe_load((tmp_path / "budget" / "config.yaml").read_text())
+    assert saved["train"]["max_steps"] == 4
+    state = load_checkpoint(tmp_path / "budget" / "checkpoints" / "last.pt")
+    assert state["global_step"] == state["total_steps"] == 4
+
+    # The same run anywhere: the saved config (max_steps wins over the budget) and a plain max_steps.
+    rerun = load_config(tmp_path / "budget" / "config.yaml", [f"train.out_dir={tmp_path / 'rerun'}"])
+    _fake_clock(monkeypatch, 0.01)  # a much faster machine: ignored, the count is fixed
+    assert train(rerun, log=lambda m: None)["budget"] is None
+    plain = train(_cfg(tiny_root, tmp_path / "plain", **{"train.max_steps": 4}), log=lambda m: None)
+    assert plain["total_steps"] == 4
+    reference = _weights(tmp_path / "budget")
+    for other in ("rerun", "plain"):
+        weights = _weights(tmp_path / other)
+        for key, value in reference.items():
+            assert torch.equal(value, weights[key]), (other, key)
+
+
+def test_a_resumed_budgeted_run_keeps_its_step_count(tiny_root, tmp_path, monkeypatch):
+    _fake_clock(monkeypatch, 0.5)
+    straight = train(_cfg(tiny_root, tmp_path / "straight", **{"train.time_budget_minutes": BUDGET}),
+                     log=lambda m: None)
+    _fake_clock(monkeypatch, 0.5)
+    train(_cfg(tiny_root, tmp_path / "split", **{"train.time_budget_minutes": BUDGET, "train.stop_after": 2}),
+          log=lambda m: None)
+    assert load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")["global_step"] == 2
+    _fake_clock(monkeypatch, 0.05)  # timed again, this would be ten times as many steps
+    logged = []
+    resumed = train(_cfg(tiny_root, tmp_path / "split", **{"train.time_budget_minutes": BUDGET}),
+                    resume="auto", log=logged.append)
+    assert resumed["total_steps"] == straight["total_steps"] == 4 and resumed["budget"] is None
+    assert any("keeping it" in line for line in logged)
+    reference, weights = _weights(tmp_path / "straight"), _weights(tmp_path / "split")
+    for key, value in reference.items():
+        assert torch.equal(value, weights[key]), key
+
+
+def test_a_budget_with_validation_counts_the_validation_passes(tiny_root, tmp_path, monkeypatch):
+    _fake_clock(monkeypatch, 0.05)  # validation is timed for real: a short fake step gives it a large share
+    cfg = _cfg(tiny_root, tmp_path / "val", **{"train.time_budget_minutes": 0.03, "data.val_split": "train"})
+    summary = train(cfg, log=lambda m: None)
+    plan = summary["budget"]
+    assert plan["seconds_per_validation"] > 0
+    usable = 0.03 * 60 * (1 - budget.MARGIN) - plan["rehearsal_seconds"]
+    assert plan["max_steps"] == summary["total_steps"]
+    assert plan["max_steps"] == budget.steps_within(usable, 0.05, plan["seconds_per_validation"], 1, 1, True)
+    assert plan["max_steps"] < math.floor(usable / 0.05)  # validation took its share
+
+
+def test_a_nonpositive_budget_is_refused(tiny_root, tmp_path):
+    with pytest.raises(ValueError, match="time_budget_minutes must be > 0"):
+        train(_cfg(tiny_root, tmp_path / "bad", **{"train.time_budget_minutes": 0.0}), log=lambda m: None)
