@@ -17,7 +17,10 @@ def tiny(camvid_root, tmp_path_factory):
     return tiny_camvid_copy(camvid_root, tmp_path_factory.mktemp("camvid"))
 
 
-SMALL = ["--set", "data.crop_size=[64,96]", "--set", "data.batch_size=2", "--set", "data.num_workers=0"]
+# The recipes train on a time budget; these runs take their epoch counts instead
+# (--budget-minutes, appended after these overrides, still sets one).
+SMALL = ["--set", "data.crop_size=[64,96]", "--set", "data.batch_size=2", "--set", "data.num_workers=0",
+         "--set", "train.time_budget_minutes=null"]
 
 
 def test_recipe_run_records_test_scores_and_the_val_choice(tiny, tmp_path):
