@@ -62,8 +62,9 @@ def main() -> int:
         return 1
     budgets = sorted({r.get("budget_minutes") for r in records})
     threads = sorted({r["machine"]["torch_threads"] for r in records})
+    cpus = sorted({r["machine"].get("cpu") or r["machine"].get("processor", "?") for r in records})
     print(f"Budget: {', '.join(map(str, budgets))} min of training per model, {', '.join(map(str, threads))} "
-          f"CPU thread(s), recipe benchmarks/recipes/camvid-budget.yaml\n")
+          f"CPU thread(s) on {'; '.join(cpus)}, recipe benchmarks/recipes/camvid-budget.yaml\n")
     print(markdown(records))
     return 0
 

@@ -42,6 +42,7 @@ def select_and_test(checkpoint: str | Path, run_dir: str | Path, data_root: str 
     import torch
 
     from imseg.cli import run_eval
+    from imseg.machine import machine_info
 
     run_dir = Path(run_dir)
     start = time.perf_counter()
@@ -64,6 +65,7 @@ def select_and_test(checkpoint: str | Path, run_dir: str | Path, data_root: str 
         "test_epoch": scores["epoch"],
         "seconds": time.perf_counter() - start,
         "torch_threads": torch.get_num_threads(),
+        "machine": machine_info(),  # the TTA pass may run on another machine than the training did
     }
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 import torchvision
 
 import imseg
+from imseg.machine import machine_info
 from imseg.models.profile import count_params
 from imseg.models.registry import main_logits
 
@@ -117,8 +117,7 @@ def main() -> int:
                 f"{CAMVID_TRAIN_IMAGES} / batch (model compute only)",
         "data_seconds_per_image": data_seconds_per_image(args.data_root),
         "results": results,
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "torch_threads": torch.get_num_threads(), "python": sys.version.split()[0]},
+        "machine": machine_info(),
         "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__, "imseg": imseg.__version__},
         "command": "python " + " ".join(sys.argv),
     }

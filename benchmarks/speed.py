@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -32,6 +31,7 @@ import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
 import imseg
+from imseg.machine import describe, machine_info, matmul_gflops
 from imseg.models.registry import main_logits
 
 K = 11
@@ -125,17 +125,6 @@ def forward_gflops(model, size):
     return counter.get_total_flops() / 1e9
 
 
-def matmul_peak_gflops(n=2048, repeats=10):
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / min(times) / 1e9
-
-
 def timed_pair(models, size, repeats, batch):
     """Median forward (batch 1) and train-step (``batch``) seconds per model, runs interleaved."""
     x1 = torch.randn(1, 3, *size)
@@ -195,8 +184,9 @@ def main() -> int:
     p.add_argument("--plot", default=None, help="also draw the ratios to this PNG (e.g. docs/benchmarks-speed.png)")
     args = p.parse_args()
 
-    peak = matmul_peak_gflops()
+    peak = matmul_gflops(n=2048, repeats=10)  # the peak the achieved GFLOP/s are compared with
     data_rate = data_images_per_second()
+    print(f"machine: {describe()}")
     print(f"matmul peak {peak:.0f} GFLOP/s; data pipeline {data_rate or float('nan'):.1f} images/s per worker")
     rows = []
     for label, ours, peer, theirs, size in PAIRS:
@@ -228,8 +218,7 @@ def main() -> int:
         "matmul_peak_gflops_per_second": peak,
         "data_pipeline_images_per_second_per_worker": data_rate,
         "results": rows,
-        "machine": {"platform": platform.platform(), "torch_threads": torch.get_num_threads(),
-                    "python": sys.version.split()[0]},
+        "machine": machine_info(),
         "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__, "imseg": imseg.__version__,
                      "segmentation_models_pytorch": __import__("segmentation_models_pytorch").__version__},
         "command": "python " + " ".join(sys.argv),

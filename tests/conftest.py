@@ -23,3 +23,18 @@ def camvid_root() -> Path:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CamVid is required on CI: {e}")
         pytest.skip(f"CamVid not available (set IMSEG_DATA or put it at ../shared/data/camvid): {e}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Put tmp_path on a RAM disk where there is one with room to spare.
+
+    Training tests write full checkpoints (and fsync them); on a slow disk
+    that is a third of a config test's time. The tests still write and sync
+    exactly as on disk. ``--basetemp`` or IMSEG_TEST_TMP=disk keeps pytest's default.
+    """
+    shm = Path("/dev/shm")
+    if config.option.basetemp or os.environ.get("IMSEG_TEST_TMP") == "disk" or not os.access(shm, os.W_OK):
+        return
+    free_gb = os.statvfs(shm).f_bavail * os.statvfs(shm).f_frsize / 2**30
+    if free_gb >= 12:  # FCN-8s / DeconvNet write two ~2 GB checkpoints (slow tests)
+        config.option.basetemp = str(shm / f"imseg-pytest-{os.getuid()}")

@@ -73,3 +73,21 @@ def tiny_camvid_copy(camvid_root: Path, dest: Path, n: int = 2, size: tuple[int,
             lines.append(f"/SegNet/CamVid/{split}/{path.name} /SegNet/CamVid/{split}annot/{path.name}")
         (dest / f"{split}.txt").write_text("\n".join(lines) + "\n")
     return dest
+
+
+def run_cli(*args) -> tuple[int, str, str]:
+    """``imseg <args>`` in this process: (exit code, stdout, stderr).
+
+    A subprocess costs 5-8 s of start-up (torch, torchvision, kernel
+    warm-up) on a 2-core CPU; tests/test_cli.py runs the real console
+    command, the other tests drive the same ``main`` in-process.
+    """
+    import contextlib
+    import io
+
+    from imseg.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return code, out.getvalue(), err.getvalue()

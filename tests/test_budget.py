@@ -118,8 +118,9 @@ def tiny_root(camvid_root, tmp_path_factory):
 
 
 def _cfg(root, out_dir, **overrides):
-    raw = tiny_config(root, out_dir, **{"data.crop_size": [64, 96], "data.val_split": "",
-                                        "model.args": {"encoder": "resnet18"}, **overrides})
+    # A small U-Net with BatchNorm (running statistics the rehearsal must restore) and dropout (RNG draws).
+    raw = tiny_config(root, out_dir, **{"data.crop_size": [64, 96], "data.val_split": "", "model.name": "unet_original",
+                                        "model.args": {"base_channels": 8, "batch_norm": True}, **overrides})
     return config_from_dict(raw)
 
 

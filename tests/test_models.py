@@ -44,7 +44,9 @@ def test_registry_lists_the_models() -> None:
         assert info.paper and info.summary and 2000 < info.year < 2100
 
 
-@pytest.mark.parametrize("size", [(97, 131), (64, 96)])
+# 64x96 also runs in eval mode in test_in_channels and in train mode in
+# test_every_parameter_gets_a_gradient, so the default suite keeps the odd size.
+@pytest.mark.parametrize("size", [(97, 131), pytest.param((64, 96), marks=pytest.mark.slow)])
 @pytest.mark.parametrize("name", MODELS)
 def test_output_is_input_size_in_train_and_eval(name: str, size: tuple[int, int]) -> None:
     model = cached(name)
@@ -58,12 +60,15 @@ def test_output_is_input_size_in_train_and_eval(name: str, size: tuple[int, int]
     assert tuple(out.shape) == (1, NUM_CLASSES, *size)
 
 
+@pytest.mark.parametrize("device", ["meta", pytest.param("cpu", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("name", MODELS)
-def test_camvid_size_in_eval_mode(name: str) -> None:
-    """360x480 (CamVid): the size most users will run first."""
-    model = cached(name).eval()
-    with torch.no_grad():
-        out = main_logits(model(torch.randn(1, 3, 360, 480)))
+def test_camvid_size_in_eval_mode(name: str, device: str) -> None:
+    """360x480 (CamVid): the size most users will run first. On the meta device only shapes propagate,
+    which is what this test checks (real forwards run at other sizes above); the slow suite runs it for real."""
+    with torch.device(device):
+        model = build(name).eval()
+        with torch.no_grad():
+            out = main_logits(model(torch.randn(1, 3, 360, 480)))
     assert tuple(out.shape) == (1, NUM_CLASSES, 360, 480)
 
 
@@ -77,7 +82,9 @@ def test_every_parameter_gets_a_gradient(name: str) -> None:
     assert not no_grad, f"parameters without gradient: {no_grad}"
 
 
-@pytest.mark.parametrize("in_channels", [1, 4])
+# One and four channels take the same path through every builder (the first
+# convolution is built for ``in_channels``); the slow suite runs both.
+@pytest.mark.parametrize("in_channels", [pytest.param(1, marks=pytest.mark.slow), 4])
 @pytest.mark.parametrize("name", MODELS)
 def test_in_channels(name: str, in_channels: int) -> None:
     model = build(name, in_channels=in_channels).eval()
@@ -214,3 +221,24 @@ def test_onnx_export_with_dynamic_size_matches_eager(name: str, tmp_path) -> Non
         assert got.shape == expected.shape
         # Random-init logits can be in the thousands: compare relative to their scale.
         assert abs(got - expected).max() <= 1e-4 * max(1.0, abs(expected).max())
+
+
+# Profiling on the meta device takes 0.05-2.5 s a model: five quick ones in the default suite.
+QUICK_PROFILES = {"fcn8s", "unet", "lraspp", "segnet", "deeplabv3plus"}
+
+
+def test_every_registered_model_has_a_shipped_profile() -> None:
+    from imseg.models.profile import shipped_profiles
+
+    assert set(shipped_profiles()) == set(MODELS), "run python -m imseg.models.profile"
+
+
+@pytest.mark.parametrize("name", [n if n in QUICK_PROFILES else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in MODELS])
+def test_shipped_profile_matches_a_live_count(name: str) -> None:
+    """`imseg models` prints the shipped counts: they must be what the code builds today."""
+    from imseg.models.profile import profile_model, shipped_profiles
+
+    shipped, live = shipped_profiles()[name], profile_model(name, 11, (360, 480))
+    assert shipped.params == live.params, "stale models/profiles.json: run python -m imseg.models.profile"
+    assert shipped.gflops == pytest.approx(live.gflops, abs=1e-3)

@@ -148,13 +148,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def model_table(markdown: bool = False, size: tuple[int, int] = (360, 480)) -> str:
     """One row per registered model: paper, year, our params and GFLOPs, the paper's numbers."""
-    from imseg.models.profile import profile_model
+    from imseg.models.profile import table_profile
     from imseg.models.registry import list_models, model_info
 
     rows = []
     for name in list_models():
         info = model_info(name)
-        prof = profile_model(name, 11, size)
+        prof = table_profile(name, size)
         first_author = info.paper.split(",")[0].split(":")[0].strip()
         rows.append((name, f"{first_author} {info.year}", f"{prof.params / 1e6:.2f}", f"{prof.gflops:.1f}",
                      info.published or "-", info.summary))

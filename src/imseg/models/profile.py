@@ -5,10 +5,18 @@ FLOPs come from torch's own ``FlopCounterMode`` (matmuls and convolutions,
 without allocating memory or computing anything, so even a 250M-parameter
 model is profiled at 360x480 in well under a second. Models whose ops have
 no meta kernel fall back to a real CPU forward pass.
+
+Profiling all 30 registered models still takes about 20 s (HRNet's and
+Auto-DeepLab's thousands of ops), so ``imseg models`` reads the counts at
+the default size from ``profiles.json``, written by
+``python -m imseg.models.profile`` and checked against live counts by the
+tests; a model missing from the file is profiled live.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -46,3 +54,41 @@ def profile_model(name: str, num_classes: int = 11, size: tuple[int, int] = (360
         model = create_model(name, num_classes, **kwargs).eval()
         flops = _forward_flops(model, torch.zeros(1, model.preprocessing.num_channels, *size))
     return Profile(name, count_params(model), flops / 1e9, size)
+
+
+PROFILES_FILE = Path(__file__).with_name("profiles.json")
+SHIPPED_SIZE = (360, 480)
+SHIPPED_CLASSES = 11
+
+
+def shipped_profiles(path: Path = PROFILES_FILE) -> dict[str, Profile]:
+    """The default-argument profiles at 360x480, 11 classes, as written by :func:`write_profiles`."""
+    if not path.is_file():
+        return {}
+    rows = json.loads(path.read_text())["models"]
+    return {name: Profile(name, row["params"], row["gflops"], SHIPPED_SIZE) for name, row in rows.items()}
+
+
+def table_profile(name: str, size: tuple[int, int] = SHIPPED_SIZE) -> Profile:
+    """The shipped profile of a model with default arguments where there is one, else a live one."""
+    shipped = shipped_profiles() if tuple(size) == SHIPPED_SIZE else {}
+    return shipped.get(name) or profile_model(name, SHIPPED_CLASSES, tuple(size))
+
+
+def write_profiles(path: Path = PROFILES_FILE) -> Path:
+    from imseg.models.registry import list_models
+
+    rows = {}
+    for name in list_models():
+        prof = profile_model(name, SHIPPED_CLASSES, SHIPPED_SIZE)
+        rows[name] = {"params": prof.params, "gflops": round(prof.gflops, 3)}
+    record = {"what": f"create_model(name, {SHIPPED_CLASSES}) with default arguments, one forward at "
+                      f"{SHIPPED_SIZE[0]}x{SHIPPED_SIZE[1]}; written by python -m imseg.models.profile",
+              "models": rows}
+    lines = [f'  "{name}": {json.dumps(row)}' for name, row in rows.items()]  # one line per model: readable diffs
+    path.write_text('{\n "what": ' + json.dumps(record["what"]) + ',\n "models": {\n' + ",\n".join(lines) + "\n }\n}\n")
+    return path
+
+
+if __name__ == "__main__":
+    print(f"wrote {write_profiles()}")
