@@ -197,5 +197,5 @@ def test_a_budget_with_validation_counts_the_validation_passes(tiny_root, tmp_pa
 
 
 def test_a_nonpositive_budget_is_refused(tiny_root, tmp_path):
-    with pytest.raises(ValueError, match="time_budget_minutes must be > 0"):
+    with pytest.raises(ValueError, match="time_budget_minutes: expected a number > 0, got 0.0"):
         train(_cfg(tiny_root, tmp_path / "bad", **{"train.time_budget_minutes": 0.0}), log=lambda m: None)

@@ -53,6 +53,16 @@ def test_every_shipped_config_trains_through_imseg_train(path, tiny_root, tmp_pa
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
 
 
+def test_exponent_floats_without_a_dot_are_floats(tmp_path):
+    """YAML 1.1 (PyYAML) reads 1e-4 as a string; users write learning rates that way."""
+    assert load_config(None, ["optim.lr=1e-4"]).optim.lr == 1e-4
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 1e-4\n  weight_decay: 5E-4\n")
+    cfg = load_config(path)
+    assert cfg.optim.lr == 1e-4 and cfg.optim.weight_decay == 5e-4
+    assert isinstance(cfg.optim.lr, float)
+
+
 def test_overrides_are_typed():
     cfg = load_config(None, ["train.epochs=5", "optim.lr=0.1", "data.crop_size=[64,96]", "model.args={encoder: resnet18}"])
     assert cfg.train.epochs == 5 and cfg.optim.lr == 0.1
@@ -68,6 +78,20 @@ def test_overrides_are_typed():
         ("data.crop_size=[64,x]", r"data.crop_size\[1\]: expected int"),
         ("train.amp=yes", "train.amp"),
         ("oops", "must look like key.sub=value"),
+        # Numbers outside their range fail when the config loads, not as a ZeroDivisionError later.
+        ("data.batch_size=-2", r"data.batch_size: expected a number >= 1, got -2"),
+        ("data.batch_size=0", r"data.batch_size: expected a number >= 1, got 0"),
+        ("train.epochs=0", r"train.epochs: expected a number >= 1, got 0"),
+        ("train.val_every=0", r"train.val_every: expected a number >= 1"),
+        ("train.save_every=0", r"train.save_every: expected a number >= 1"),
+        ("train.log_every=0", r"train.log_every: expected a number >= 1"),
+        ("train.grad_accum=0", r"train.grad_accum: expected a number >= 1"),
+        ("optim.lr=0", r"optim.lr: expected a number > 0, got 0.0"),
+        ("train.bn_momentum=1.5", r"train.bn_momentum: expected a number in \(0, 1\]"),
+        ("data.crop_size=[0,96]", r"data.crop_size\[0\]: expected a number >= 1, got 0"),
+        ("data.scale_range=[2.0,1.0]", r"data.scale_range: expected \[low, high\] with low <= high"),
+        ("optim.lr=1e-x", r"optim.lr: expected float, got '1e-x'"),
+        ("optim.lr=nan", r"optim.lr: expected float, got 'nan'"),
     ],
 )
 def test_bad_config_names_the_key(override, message):

@@ -57,6 +57,15 @@ def _add_inference_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--flip", action="store_true", help="also average the mirrored image")
 
 
+def default_eval_path(checkpoint: str | Path, split: str) -> Path:
+    """``<run>/eval-<split>.json`` for a checkpoint in a run's ``checkpoints/`` folder; beside any other
+    checkpoint, named after it (``model-eval-test.json``), so nothing outside its folder is touched."""
+    path = Path(checkpoint).resolve()
+    if path.parent.name == "checkpoints" and (path.parent.parent / "config.yaml").is_file():
+        return path.parent.parent / f"eval-{split}.json"
+    return path.with_name(f"{path.stem}-eval-{split}.json")
+
+
 def run_eval(checkpoint: str, split: str, data_root: str | None = None, out: str | None = None,
              batch_size: int = 2, device: str = "auto", progress: bool = True,
              inference_overrides: dict | None = None, boundary: bool = True, calibration: bool = True,
@@ -92,7 +101,7 @@ def run_eval(checkpoint: str, split: str, data_root: str | None = None, out: str
                            "stride": inference.stride, "scales": list(inference.scales), "flip": inference.flip}
     scores.update(checkpoint=str(checkpoint), split=split, model=state["model"], epoch=state["epoch"],
                   torch=torch.__version__, command="imseg " + " ".join(sys.argv[1:]))
-    out_path = Path(out) if out else Path(checkpoint).resolve().parent.parent / f"eval-{split}.json"
+    out_path = Path(out) if out else default_eval_path(checkpoint, split)
     scores["processes"] = ctx.world_size
     if ctx.is_main:
         out_path.parent.mkdir(parents=True, exist_ok=True)

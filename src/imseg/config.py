@@ -7,6 +7,7 @@ key (``train.epochs: expected int, got 'five'``), long before training.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -209,6 +210,13 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string; users write it that way
+            try:
+                number = float(value)
+            except ValueError:
+                number = None
+            if number is not None and math.isfinite(number):
+                return number
         raise ConfigError(f"{key}: expected float, got {value!r}")
     if tp is str:
         if isinstance(value, str):
@@ -250,8 +258,58 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+# ---------------------------------------------------------------- ranges
+
+def _at_least(n: float) -> tuple[Any, str]:
+    return (lambda v: v >= n), f"a number >= {n}"
+
+
+def _above(n: float) -> tuple[Any, str]:
+    return (lambda v: v > n), f"a number > {n}"
+
+
+_FRACTION = ((lambda v: 0 < v <= 1), "a number in (0, 1]")
+_COEFFICIENT = ((lambda v: 0 <= v < 1), "a number in [0, 1)")
+
+# Checked when a config loads, so a zero batch size or a negative epoch count
+# fails naming the key instead of dividing by zero (or training nothing) later.
+# None (an optional value left unset) is always allowed; lists are checked per item.
+RANGES: dict[str, tuple[Any, str]] = {
+    "data.batch_size": _at_least(1), "data.num_workers": _at_least(0), "data.color_jitter": _at_least(0),
+    "data.crop_size": _at_least(1), "data.train_size": _at_least(1), "data.eval_size": _at_least(1),
+    "data.scale_range": _above(0),
+    "optim.lr": _above(0), "optim.momentum": _COEFFICIENT, "optim.weight_decay": _at_least(0),
+    "optim.betas": _COEFFICIENT, "optim.poly_power": _at_least(0), "optim.warmup_iters": _at_least(0),
+    "optim.warmup_factor": _FRACTION, "optim.min_lr": _at_least(0),
+    "loss.aux_weight": _at_least(0),
+    "eval.crop_size": _at_least(1), "eval.stride": _at_least(1), "eval.window_batch": _at_least(1),
+    "eval.scales": _above(0),
+    "train.epochs": _at_least(1), "train.max_steps": _at_least(1), "train.stop_after": _at_least(1),
+    "train.time_budget_minutes": _above(0), "train.val_every": _at_least(1), "train.save_every": _at_least(1),
+    "train.checkpoint_every_steps": _at_least(0), "train.keep_checkpoints": _at_least(1),
+    "train.bn_momentum": _FRACTION, "train.grad_accum": _at_least(1), "train.log_every": _at_least(1),
+    "train.grad_clip": _above(0), "train.threads": _at_least(1),
+}
+
+
+def check_ranges(cfg: Config) -> Config:
+    """Raise a ConfigError naming the first value outside its range (see RANGES)."""
+    for dotted, (ok, expected) in RANGES.items():
+        section, name = dotted.split(".")
+        value = getattr(getattr(cfg, section), name)
+        items = enumerate(value) if isinstance(value, list) else [(None, value)]
+        for i, item in items:
+            if item is not None and not ok(item):
+                where = dotted if i is None else f"{dotted}[{i}]"
+                raise ConfigError(f"{where}: expected {expected}, got {item!r}")
+    low, high = cfg.data.scale_range if len(cfg.data.scale_range) == 2 else (None, None)
+    if low is None or low > high:
+        raise ConfigError(f"data.scale_range: expected [low, high] with low <= high, got {cfg.data.scale_range}")
+    return cfg
+
+
 def config_from_dict(raw: dict[str, Any]) -> Config:
-    return _build(Config, raw or {})
+    return check_ranges(_build(Config, raw or {}))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -4,9 +4,9 @@
 before training starts, so that the learning-rate schedule spans exactly the
 steps that will run (a run that is simply cut off at 20 minutes would end
 in the middle of its schedule, at a high learning rate). N comes from a
-rehearsal: the first few optimiser steps are run on the real batches,
-through the real model, optimiser and data loader, and timed; so is
-validation on a few images. Then the model, optimiser, AMP scaler and random
+rehearsal: the first optimiser steps (2% of the budget, at least four) are
+run on the real batches, through the real model, optimiser and data loader,
+and timed; so is validation on a few images. Then the model, optimiser, AMP scaler and random
 state are put back as they were, so the rehearsal leaves no trace: the
 budgeted run and a rerun with ``--set train.max_steps=N`` give identical
 weights, on any machine.
@@ -30,8 +30,17 @@ import torch
 from imseg.engine import distributed
 
 MARGIN = 0.03  # of the budget, kept back for checkpoints and noise
-WARMUP_STEPS = 1  # untimed: the first step pays for allocation and kernel selection
-TIMED_STEPS = 3  # the median of these is the step time
+# The rehearsal runs at least WARMUP_STEPS + TIMED_STEPS steps, and more while
+# it has used less than REHEARSAL_SHARE of the budget (at most
+# MAX_REHEARSAL_STEPS): on a 2-core CPU the first 4-6 steps of a fresh model
+# run 15-35% slower than the rest (allocator and kernel warm-up), so a
+# 4-step rehearsal of the demo planned 1.17 s a step for steps that took 0.87.
+# The step time is the median of the later half of the steps (at least
+# TIMED_STEPS of them); the earlier ones are warm-up.
+WARMUP_STEPS = 1
+TIMED_STEPS = 3
+REHEARSAL_SHARE = 0.02
+MAX_REHEARSAL_STEPS = 40
 
 _clock: Callable[[], float] = time.perf_counter  # tests replace it with a fake clock
 
@@ -112,14 +121,22 @@ def _agree(value: float) -> float:
                                    torch.distributed.ReduceOp.MAX).item()
 
 
+def _keep_rehearsing(times: list[float], seconds: float) -> bool:
+    if len(times) < WARMUP_STEPS + TIMED_STEPS:
+        return True
+    # Every process must run the same number of rehearsal steps (each is a collective under DDP).
+    return bool(_agree(float(sum(times) < seconds and len(times) < MAX_REHEARSAL_STEPS)))
+
+
 def rehearse_step_seconds(loader: Iterable, run_batch: Callable, finish_step: Callable, accum: int,
-                          restore: dict[str, Any]) -> float:
-    """Median seconds per optimiser step over ``TIMED_STEPS`` real steps; ``restore`` is put back after."""
+                          restore: dict[str, Any], seconds: float = 0.0) -> float:
+    """Median seconds per optimiser step over the later half of real steps run for about ``seconds``
+    (see REHEARSAL_SHARE); ``restore`` is put back after."""
     saved = _snapshot(restore)
-    times = []
+    times: list[float] = []
     try:
-        batches = _batches(loader, (WARMUP_STEPS + TIMED_STEPS) * accum)
-        for _ in range(WARMUP_STEPS + TIMED_STEPS):
+        batches = _batches(loader, MAX_REHEARSAL_STEPS * accum)
+        while _keep_rehearsing(times, seconds):
             start = _clock()
             for _ in range(accum):
                 run_batch(*next(batches))
@@ -127,7 +144,8 @@ def rehearse_step_seconds(loader: Iterable, run_batch: Callable, finish_step: Ca
             times.append(_clock() - start)
     finally:
         _restore(restore, saved)
-    return _agree(statistics.median(times[WARMUP_STEPS:]))
+    warm = max(WARMUP_STEPS, len(times) - max(TIMED_STEPS, len(times) // 2))
+    return _agree(statistics.median(times[warm:]))
 
 
 def plan(budget_minutes: float, *, loader: Iterable, run_batch: Callable, finish_step: Callable, accum: int,
@@ -143,7 +161,8 @@ def plan(budget_minutes: float, *, loader: Iterable, run_batch: Callable, finish
     if not budget_minutes > 0:
         raise ValueError(f"train.time_budget_minutes must be > 0, got {budget_minutes}")
     start = _clock()
-    step_seconds = rehearse_step_seconds(loader, run_batch, finish_step, accum, restore)
+    step_seconds = rehearse_step_seconds(loader, run_batch, finish_step, accum, restore,
+                                         seconds=REHEARSAL_SHARE * budget_minutes * 60)
     val_seconds = _agree(validate()) if validate is not None else 0.0
     rehearsal = _clock() - start
     usable = budget_minutes * 60 * (1 - MARGIN) - rehearsal

@@ -49,6 +49,18 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
+def remove_partial_checkpoints(folder: str | Path) -> list[Path]:
+    """Delete the ``.<name>.*.tmp`` files a killed :func:`save_checkpoint` left in ``folder``; return them.
+
+    Called when a run starts in its folder, where nothing else is writing.
+    """
+    folder = Path(folder)
+    leftovers = sorted(folder.glob(".*.pt.*.tmp")) if folder.is_dir() else []
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return leftovers
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():

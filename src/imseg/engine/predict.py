@@ -141,18 +141,59 @@ def predict_files(model: nn.Module, inputs: Iterable[str | Path], out_dir: str |
     With ``mc_samples`` > 0 the mask comes from Monte-Carlo dropout's mean
     probabilities and ``<stem>_entropy.png`` shows the per-pixel uncertainty.
     """
+    inputs = list(inputs)
     out = Path(out_dir)
+    plan = output_names(inputs, out)  # refuses before anything is written
     out.mkdir(parents=True, exist_ok=True)
     palette = model.palette
     written = []
-    for path in expand_inputs(inputs):
+    for path, stem in plan:
         if mc_samples > 0:
             mask, entropy = predict_uncertainty(model, path, mc_samples, inference)
-            save_uncertainty(entropy, len(palette), out / f"{path.stem}_entropy.png")
+            save_uncertainty(entropy, len(palette), out / f"{stem}_entropy.png")
         else:
             mask = predict(model, path, inference)
-        save_mask(mask, palette, out / f"{path.stem}.png")
+        save_mask(mask, palette, out / f"{stem}.png")
         with Image.open(path) as im:
-            overlay(im.convert("RGB"), mask, palette, alpha).save(out / f"{path.stem}_overlay.png")
-        written.append(out / f"{path.stem}.png")
+            overlay(im.convert("RGB"), mask, palette, alpha).save(out / f"{stem}_overlay.png")
+        written.append(out / f"{stem}.png")
     return written
+
+
+OUTPUT_SUFFIXES = ("", "_overlay", "_entropy")
+
+
+def output_names(inputs: Iterable[str | Path], out_dir: Path) -> list[tuple[Path, str]]:
+    """Each input image with the stem its outputs get in ``out_dir``: never an input, never shared.
+
+    Inputs with the same stem and different extensions (``m0.jpg``, ``m0.png``)
+    keep the extension in the stem (``m0_jpg``, ``m0_png``); the same file name
+    from two folders, an output folder that is an input folder, or an output
+    that would replace an input file is refused naming the files.
+    """
+    given = [Path(p) for p in inputs]
+    out_dir = Path(out_dir)
+    for folder in (p for p in given if p.is_dir()):
+        if folder.resolve() == out_dir.resolve():
+            raise ValueError(f"the output folder {out_dir} is an input folder: the masks would mix with the images "
+                             "(and be read as inputs next time); choose another --out")
+    files = expand_inputs(given)
+    by_stem: dict[str, list[Path]] = {}
+    for path in files:
+        by_stem.setdefault(path.stem, []).append(path)
+    plan, owner = [], {}
+    for path in files:
+        clash = len(by_stem[path.stem]) > 1
+        stem = f"{path.stem}_{path.suffix.lstrip('.').lower()}" if clash else path.stem
+        if stem in owner:
+            raise ValueError(f"inputs {owner[stem]} and {path} would both write {out_dir / stem}.png; "
+                             "predict them into separate --out folders")
+        owner[stem] = path
+        plan.append((path, stem))
+    inputs_resolved = {p.resolve() for p in files}
+    for path, stem in plan:
+        for suffix in OUTPUT_SUFFIXES:
+            target = out_dir / f"{stem}{suffix}.png"
+            if target.resolve() in inputs_resolved:
+                raise ValueError(f"writing {target} would overwrite the input image {target}; choose another --out")
+    return plan

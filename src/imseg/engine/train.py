@@ -35,6 +35,7 @@ from imseg.engine.checkpoint import (
     find_resume_checkpoint,
     load_checkpoint,
     prune_checkpoints,
+    remove_partial_checkpoints,
     save_checkpoint,
 )
 from imseg.engine.evaluate import evaluate
@@ -249,6 +250,8 @@ def _train(cfg: Config, resume, log: Callable[[str], None], ctx: distributed.Con
     writer = log_file = None
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        for leftover in remove_partial_checkpoints(ckpt_dir):
+            log(f"removed {leftover}: a checkpoint write that was interrupted (the checkpoints themselves are intact)")
         save_config(cfg, out_dir / "config.yaml")
         from torch.utils.tensorboard import SummaryWriter  # imported late: slow, and only needed here
 
