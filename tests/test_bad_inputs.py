@@ -32,7 +32,7 @@ def _one_line(err: str) -> str:
 def _images(folder: Path, *names: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name in names:
-        Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(folder / name)
+        Image.fromarray(np.full((32, 48, 3), 7, np.uint8)).save(folder / name)
     return folder
 
 
@@ -67,6 +67,39 @@ def test_imseg_predict_into_the_photo_folder_is_one_line_and_changes_nothing(tmp
     code, _, err = run_cli("predict", trained_checkpoint, photos, "--out", photos)
     assert code == 2 and "is an input folder" in _one_line(err)
     assert _hashes(photos) == before
+
+
+# ---------------------------------------------------------------- a second run never replaces the first
+
+
+def _tiny_yaml(tmp_path, tiny_root, out_dir) -> Path:
+    import yaml
+
+    from tests.helpers import tiny_config
+
+    raw = tiny_config(tiny_root, out_dir, **{"train.epochs": 1, "data.crop_size": [64, 96],
+                                             "model.name": "unet_original",
+                                             "model.args": {"base_channels": 4, "batch_norm": True}})
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_training_again_into_a_run_folder_is_refused_until_resume_or_overwrite(tmp_path, tiny_root):
+    run = tmp_path / "run"
+    cfg = _tiny_yaml(tmp_path, tiny_root, run)
+    assert run_cli("train", cfg)[0] == 0
+    before = _hashes(run)
+    code, _, err = run_cli("train", cfg)
+    line = _one_line(err)
+    assert code == 2 and "already holds a run" in line and "--resume auto" in line and "--overwrite" in line
+    assert _hashes(run) == before  # best.pt, last.pt, metrics.jsonl untouched
+
+    code, out, err = run_cli("train", cfg, "--overwrite")
+    assert code == 0, err
+    assert "deleted the earlier run" in out
+    epochs = [line for line in (run / "metrics.jsonl").read_text().splitlines() if '"type": "epoch"' in line]
+    assert len(epochs) == 1  # one run's curve, not two appended
 
 
 # ---------------------------------------------------------------- eval writes beside its checkpoint
@@ -122,3 +155,156 @@ def trained_checkpoint(tiny_root, tmp_path_factory):
                                          "model.args": {"base_channels": 4, "batch_norm": True}})
     train(config_from_dict(raw), log=lambda m: None)
     return out / "checkpoints" / "best.pt"
+
+
+# ---------------------------------------------------------------- splits without lists
+
+
+def test_a_folder_without_split_lists_warns_that_val_is_the_training_images(tiny_root):
+    from imseg.config import config_from_dict
+    from imseg.data import build_dataset
+    from tests.helpers import tiny_config
+
+    cfg = config_from_dict(tiny_config(tiny_root, tiny_root / "unused")).data
+    with pytest.warns(UserWarning, match=r"split 'val' of .* has no list.*training images included.*imseg split"):
+        build_dataset(cfg, "val", train=False)
+
+
+def test_imseg_split_writes_lists_the_folder_dataset_then_uses(tmp_path):
+    root = tmp_path / "data"
+    _images(root / "images", *(f"{i:02d}.png" for i in range(20)))
+    _images(root / "masks", *(f"{i:02d}.png" for i in range(20)))
+    code, out, err = run_cli("split", root, "--val", "0.2", "--test", "0.1")
+    assert code == 0, err
+    lists = {name: (root / f"{name}.txt").read_text().split() for name in ("train", "val", "test")}
+    assert [len(lists[n]) for n in ("train", "val", "test")] == [14, 4, 2]
+    assert sorted(sum(lists.values(), [])) == [f"{i:02d}" for i in range(20)]  # each image in exactly one
+    before = _hashes(root)
+    code, _, err = run_cli("split", root)  # lists exist: refused, nothing rewritten
+    assert code == 2 and "already exist" in _one_line(err)
+    assert _hashes(root) == before
+
+    import warnings
+
+    from imseg.data import build_dataset
+    from imseg.config import config_from_dict
+
+    cfg = config_from_dict({"data": {"name": "folder", "root": str(root), "class_names": ["a", "b"]}}).data
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the lists are found: no warning
+        val = build_dataset(cfg, "val", train=False)
+    assert sorted(p.stem for p, _ in val.files) == sorted(lists["val"])
+
+
+# ---------------------------------------------------------------- one bad image, a cuda device, Ctrl-C, a full disk
+
+
+def test_one_unreadable_image_is_reported_and_the_others_are_predicted(tmp_path, trained_checkpoint):
+    photos = _images(tmp_path / "photos", "a.png", "c.png")
+    (photos / "b.png").write_bytes(b"not a png")
+    before = _hashes(photos)
+    code, out, err = run_cli("predict", trained_checkpoint, photos, "--out", tmp_path / "masks")
+    assert code == 1 and "wrote 2 masks" in out
+    assert "could not read" in _one_line(err) and "b.png" in err
+    assert sorted(p.name for p in (tmp_path / "masks").glob("*.png") if "_overlay" not in p.name) == ["a.png", "c.png"]
+    assert _hashes(photos) == before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_a_cuda_device_without_cuda_is_one_line(tmp_path, tiny_root):
+    cfg = _tiny_yaml(tmp_path, tiny_root, tmp_path / "run")
+    code, _, err = run_cli("train", cfg, "--set", "train.device=cuda")
+    line = _one_line(err)
+    assert code == 2 and "'cuda'" in line and "sees no CUDA GPU" in line and "auto or cpu" in line
+
+
+def test_ctrl_c_during_training_prints_the_resume_command(tmp_path, tiny_root, monkeypatch):
+    import imseg.engine.train as train_module
+
+    cfg = _tiny_yaml(tmp_path, tiny_root, tmp_path / "run")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "evaluate", interrupted)  # Ctrl-C at the first validation
+    code, _, err = run_cli("train", cfg, "--set", "train.epochs=2")
+    line = _one_line(err)
+    assert code == 130 and "interrupted" in line
+    assert line.endswith(f"imseg train {cfg} --set train.epochs=2 --resume auto")
+
+
+def test_a_full_disk_during_a_checkpoint_write_names_the_file_and_keeps_the_previous(tmp_path, monkeypatch):
+    from imseg.engine.checkpoint import CheckpointError, load_checkpoint
+
+    path = save_checkpoint({"x": torch.ones(2)}, tmp_path / "last.pt")
+
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 123 vs 456")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(CheckpointError, match=r"no space left on device while writing .*last.pt .*previous "
+                                              r"last.pt is intact"):
+        save_checkpoint({"x": torch.zeros(2)}, path)
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(path)["x"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_checkpoints_follow_the_umask(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint({"x": torch.ones(1)}, tmp_path / "a.pt")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_progress_in_a_log_file_is_plain_lines_not_carriage_returns(monkeypatch):
+    import io
+
+    from imseg.engine import progress as progress_module
+
+    log = io.StringIO()  # not a terminal
+    bar = progress_module.progress(range(3), "epoch 1/2", total=3, stream=log)
+    monkeypatch.setattr(bar, "interval", 0.0)
+    for _ in bar:
+        bar.set_postfix(loss="1.234")
+    assert "\r" not in log.getvalue()
+    assert log.getvalue().splitlines() == ["epoch 1/2: 0/3", "epoch 1/2: 1/3 loss=1.234", "epoch 1/2: 2/3 loss=1.234"]
+
+
+# ---------------------------------------------------------------- start-up
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["predict", "--help"]])
+def test_help_answers_without_importing_torch(argv):
+    """`imseg --help` took 9 s and 1 GB (torch and every model); now it imports neither."""
+    import subprocess
+    import sys
+
+    code = ("import contextlib, io, sys\nfrom imseg.cli import main\ntry:\n"
+            "    with contextlib.redirect_stdout(io.StringIO()):\n        main(sys.argv[1:])\n"
+            "except SystemExit:\n    pass\nprint(sorted(m for m in ('torch', 'torchvision', 'timm') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_a_crop_larger_than_every_image_warns_naming_both(tmp_path):
+    from imseg.data import FolderDataset
+    from imseg.data.stats import warn_if_crops_are_mostly_padding
+
+    root = tmp_path / "data"
+    _images(root / "images", "a.png", "b.png")  # 32x48
+    (root / "masks").mkdir()
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.zeros((32, 48), np.uint8)).save(root / "masks" / name)
+    ds = FolderDataset(root, ["bg", "fg"])
+    with pytest.warns(UserWarning, match=r"data.crop_size \[360, 480\] is larger than every training image .*"
+                                         r"32x48 at most, times 2 .*at most \[32, 48\]"):
+        assert warn_if_crops_are_mostly_padding(ds, [360, 480], [0.5, 2.0])
+    assert not warn_if_crops_are_mostly_padding(ds, [64, 96], [0.5, 2.0])  # reachable at scale 2
+    with pytest.warns(UserWarning, match=r"180x240 at most"):
+        warn_if_crops_are_mostly_padding(ds, [400, 500], [1.0, 1.5], train_size=[180, 240])

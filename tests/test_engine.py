@@ -215,6 +215,7 @@ def test_composite_loss_from_the_config_trains(tiny_root, tmp_path):
     result = train(cfg, log=_quiet)
     assert result["val"]["mIoU"] is not None
     cfg.loss.terms = [{"name": "dice", "smoth": 1.0}]
+    cfg.train.out_dir = str(tmp_path / "bad-loss")
     with pytest.raises(ValueError, match="smoth"):
         train(cfg, log=_quiet)
 

@@ -147,3 +147,18 @@ def test_scores_on_camvid_label_maps_equal_torchmetrics(camvid_root):
     for name, ours, theirs in zip(s["per_class_iou"], s["per_class_iou"].values(), per_class.tolist()):
         if ours is not None:
             assert ours == pytest.approx(theirs, abs=1e-6), name
+
+
+@pytest.mark.parametrize("radius", [1, 2, 4, 5, 9])
+def test_boundary_dilation_is_exactly_a_disk(radius):
+    """The separable dilation against the plain definition: a (2r+1)^2 disk convolution."""
+    import torch.nn.functional as F
+
+    from imseg.metrics import _dilate
+
+    g = torch.Generator().manual_seed(radius)
+    mask = torch.rand(2, 3, 37, 53, generator=g) > 0.98
+    r = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    disk = ((r[:, None] ** 2 + r[None, :] ** 2) <= radius**2).float()
+    expected = F.conv2d(mask.float().reshape(6, 1, 37, 53), disk[None, None], padding=radius).reshape(2, 3, 37, 53) > 0
+    assert torch.equal(_dilate(mask, radius), expected)

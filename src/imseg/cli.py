@@ -5,6 +5,7 @@ import argparse
 import functools
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.out_dir:
         overrides.append(f"train.out_dir={args.out_dir}")
     cfg = load_config(args.config, overrides)
-    result = train(cfg, resume=args.resume)
+    result = train(cfg, resume=args.resume, overwrite=args.overwrite)
     best = result["best_val_mIoU"]
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run folder: {result['out_dir']}")
@@ -119,7 +120,8 @@ def run_eval(checkpoint: str, split: str, data_root: str | None = None, out: str
 
 def cmd_eval(args: argparse.Namespace) -> int:
     scores = run_eval(args.checkpoint, args.split, args.data_root, args.out, args.batch_size, args.device,
-                      inference_overrides=_inference_overrides(args), report=not args.no_report, worst=args.worst)
+                      inference_overrides=_inference_overrides(args), report=not args.no_report, worst=args.worst,
+                      boundary=not args.no_boundary)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"{args.split} mIoU: {100 * scores['mIoU']:.1f}")
     return 0
@@ -149,10 +151,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     model = load_model(args.checkpoint, resolve_device(args.device))
     inference = model_inference(model, **_inference_overrides(args))
+    failures: list = []
     written = predict_files(model, args.inputs, args.out, alpha=args.alpha, inference=inference,
-                            mc_samples=args.mc_samples)
+                            mc_samples=args.mc_samples, failures=failures)
     print(f"wrote {len(written)} masks and overlays to {args.out}")
-    return 0
+    for path, reason in failures:  # the other images were predicted; the exit status says not all were
+        print(f"imseg predict: could not read {path}: {reason}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 def model_table(markdown: bool = False, size: tuple[int, int] = (360, 480)) -> str:
@@ -215,6 +220,25 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_split(args: argparse.Namespace) -> int:
+    from imseg.data.splits import write_split_lists
+
+    written = write_split_lists(args.root, args.image_dir, val=args.val, test=args.test, seed=args.seed)
+    for name, path in written.items():
+        print(f"{name}: {len(path.read_text().splitlines())} images -> {path}")
+    return 0
+
+
+def _add_split_parser(sub) -> None:
+    s = sub.add_parser("split", help="write train/val/test lists for a folder dataset (seeded shuffle)")
+    s.add_argument("root", help="data folder holding images/ and masks/")
+    s.add_argument("--image-dir", default="images", help="image folder relative to ROOT (default images)")
+    s.add_argument("--val", type=float, default=0.15, help="fraction for val (default 0.15)")
+    s.add_argument("--test", type=float, default=0.15, help="fraction for test (default 0.15)")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_split)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from imseg.demo import run_demo
 
@@ -230,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override config values, e.g. train.epochs=5")
     t.add_argument("--resume", metavar="CHECKPOINT",
                    help="continue a run from a checkpoint, or 'auto': the newest readable one in the run folder")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start over in a run folder that holds a run (its checkpoints and logs are deleted)")
     t.add_argument("--nproc", type=int, help="train with N processes on this machine (runs torchrun for you)")
     t.add_argument("--data-root", help="data folder (overrides data.root)")
     t.add_argument("--out-dir", help="run folder (overrides train.out_dir)")
@@ -243,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=2)
     e.add_argument("--device", default="auto")
     e.add_argument("--no-report", action="store_true", help="skip the Markdown report and plots")
+    e.add_argument("--no-boundary", action="store_true", help="skip boundary F1 (the slowest metric)")
     e.add_argument("--worst", type=int, default=5, help="images in the report's gallery of worst images")
     _add_inference_flags(e)
     e.set_defaults(func=cmd_eval)
@@ -274,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     x.set_defaults(func=cmd_export)
 
+    _add_split_parser(sub)
+
     pl = sub.add_parser("plot", help="draw loss and mIoU curves of a run folder")
     pl.add_argument("run_dir")
     pl.add_argument("--out", help="PNG path (default RUN_DIR/curves.png)")
@@ -289,11 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # before any heavy import: `imseg --help` answers at once
     from imseg.config import ConfigError
     from imseg.data import DataError
     from imseg.engine.checkpoint import CheckpointError
 
-    args = build_parser().parse_args(argv)
     if os.environ.get("IMSEG_DEBUG"):
         return args.func(args)  # full tracebacks for developers
     try:
@@ -302,6 +331,24 @@ def main(argv: list[str] | None = None) -> int:
         # Errors a user can fix get one clear line, not a traceback.
         print(f"imseg {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"imseg {args.command}: interrupted{_resume_hint(args, argv)}", file=sys.stderr)
+        return 130
+
+
+def _resume_hint(args: argparse.Namespace, argv: list[str] | None) -> str:
+    """For an interrupted `imseg train`: the command that continues it from its newest checkpoint."""
+    if args.command != "train":
+        return ""
+    words, skip = [], False
+    for word in (sys.argv[1:] if argv is None else [str(a) for a in argv]):
+        if skip:
+            skip = False
+        elif word == "--resume":
+            skip = True
+        elif word != "--overwrite" and not word.startswith("--resume="):
+            words.append(word)
+    return "; continue from the newest checkpoint with: " + shlex.join(["imseg", *words, "--resume", "auto"])
 
 
 if __name__ == "__main__":

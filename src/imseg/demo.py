@@ -40,7 +40,7 @@ def run_demo(data_root: str | None = None, out_dir: str = "runs/demo", config: s
     cfg = load_config(config_path, [f"data.root={root}", f"train.out_dir={out_dir}", *(overrides or [])])
     print(f"imseg demo: CamVid from {root}, config {config_path}, run folder {out_dir}")
 
-    result = train(cfg)
+    result = train(cfg, overwrite=True)  # the demo's folder is its own: a second `make demo` starts over
     best = result["best_checkpoint"]
     scores = run_eval(best, "test", data_root=str(root), progress=cfg.train.progress)
 

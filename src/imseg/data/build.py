@@ -1,6 +1,8 @@
 """`build_dataset`: a DataConfig and a split name -> a ready dataset."""
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
 from typing import Any, Callable
 
 from .base import DataError, SegmentationDataset
@@ -30,13 +32,22 @@ def _build_folder(cfg: Any, split: str, train: bool) -> SegmentationDataset:
     splits = dict(getattr(cfg, "splits", None) or {})
     if splits and split not in splits:
         raise DataError(f"split {split!r} is not in data.splits; available: {sorted(splits)}")
+    image_dir = getattr(cfg, "image_dir", "images")
+    if not splits and (Path(root).expanduser() / f"{split}.txt").is_file():
+        splits[split] = f"{split}.txt"  # the lists `imseg split` writes
+    if split not in splits and "{split}" not in image_dir and split != getattr(cfg, "train_split", "train"):
+        warnings.warn(
+            f"split {split!r} of {root} has no list (data.splits, or {split}.txt in the data folder) and no "
+            f"images/{{split}} folder: it is every image of the folder, the training images included, so its "
+            f"scores measure fit, not generalisation; `imseg split {root}` writes train/val/test lists",
+            UserWarning, stacklevel=2)
     return FolderDataset(
         root,
         class_names,
-        image_dir=getattr(cfg, "image_dir", "images"),
+        image_dir=image_dir,
         mask_dir=getattr(cfg, "mask_dir", "masks"),
         split=split,
-        # No split lists: every split is the whole folder (or images/{split}).
+        # No split lists: every split is the whole folder (or images/{split}), with the warning above.
         split_file=splits.get(split),
         palette=getattr(cfg, "palette", None) or None,
         ignore_index=int(getattr(cfg, "ignore_index", 255)),

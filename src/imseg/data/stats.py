@@ -73,3 +73,32 @@ def enet_weights(dataset: SegmentationDataset, c: float = 1.02) -> torch.Tensor:
         absent = [dataset.class_names[k] for k in np.flatnonzero(class_pixels == 0)]
         warnings.warn(f"classes {absent} never occur in {dataset!r}; their weight is 0", stacklevel=2)
     return torch.tensor(weights, dtype=torch.float32)
+
+
+def warn_if_crops_are_mostly_padding(dataset: SegmentationDataset, crop_size, scale_range, train_size=None,
+                                     sample: int = 500) -> bool:
+    """Warn when ``crop_size`` exceeds every training image even at the largest random scale.
+
+    Such crops are mostly padding: on 96x128 images the default 360x480 crop
+    cost 23 s a step and 3.3 GB instead of 1 s. Image sizes come from the
+    file headers (the first ``sample`` images), or from ``train_size`` when
+    every image is resized to it. Returns whether it warned.
+    """
+    from PIL import Image
+
+    if train_size:
+        h, w = train_size
+    else:
+        sizes = []
+        for image_path, _ in dataset.files[:sample]:
+            with Image.open(image_path) as im:
+                sizes.append(im.size[::-1])
+        h, w = max(s[0] for s in sizes), max(s[1] for s in sizes)
+    scale = max(scale_range)
+    if crop_size[0] <= h * scale and crop_size[1] <= w * scale:
+        return False
+    warnings.warn(f"data.crop_size {list(crop_size)} is larger than every training image even at the largest "
+                  f"random scale ({h}x{w} at most, times {scale:g} from data.scale_range): each crop is mostly "
+                  f"padding and costs {crop_size[0] * crop_size[1] / (h * w * scale * scale):.1f}x the pixels of "
+                  f"the image; set data.crop_size to at most [{h}, {w}]", UserWarning, stacklevel=2)
+    return True

@@ -8,7 +8,9 @@ names, palette, ignore index and preprocessing.
 """
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -41,12 +43,29 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
             torch.save({"format": FORMAT, **state}, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a checkpoint is as readable as any file
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if _disk_full(error):
+            kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+            raise CheckpointError(f"no space left on device while writing {path} "
+                                  f"({shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free); {kept}") from None
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _disk_full(error: BaseException) -> bool:
+    # torch.save reports a full disk as "RuntimeError: [enforce fail at inline_container.cc] . unexpected pos".
+    return (isinstance(error, OSError) and error.errno == errno.ENOSPC) or (
+        isinstance(error, RuntimeError) and "unexpected pos" in str(error))
 
 
 def remove_partial_checkpoints(folder: str | Path) -> list[Path]:

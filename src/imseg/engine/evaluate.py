@@ -7,10 +7,10 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from imseg.engine.distributed import all_reduce_
 from imseg.engine.inference import Inference, infer_logits
+from imseg.engine.progress import progress as progress_bar
 from imseg.metrics import BoundaryF1, CalibrationError, ConfusionMatrix
 
 
@@ -44,7 +44,8 @@ def evaluate(
     start = time.perf_counter()
     images_seen = 0
     image_scores: list[float | None] = []
-    for images, masks in tqdm(loader, desc=desc, disable=not progress, leave=False):
+    total = len(loader) if hasattr(loader, "__len__") else None
+    for images, masks in progress_bar(loader, desc, enabled=progress, total=total):
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
         logits = infer_logits(model, images, inference)
         pred = logits.argmax(1)

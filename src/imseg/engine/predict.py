@@ -135,11 +135,14 @@ def save_uncertainty(entropy: np.ndarray, num_classes: int, path: Path) -> None:
 
 
 def predict_files(model: nn.Module, inputs: Iterable[str | Path], out_dir: str | Path, alpha: float = 0.5,
-                  inference: Inference | None = None, mc_samples: int = 0) -> list[Path]:
+                  inference: Inference | None = None, mc_samples: int = 0,
+                  failures: list[tuple[Path, str]] | None = None) -> list[Path]:
     """Write ``<stem>.png`` (index mask) and ``<stem>_overlay.png`` for every input image.
 
     With ``mc_samples`` > 0 the mask comes from Monte-Carlo dropout's mean
     probabilities and ``<stem>_entropy.png`` shows the per-pixel uncertainty.
+    An image that cannot be read raises, unless ``failures`` is a list: then
+    it is appended there as (path, reason) and the other images go on.
     """
     inputs = list(inputs)
     out = Path(out_dir)
@@ -148,16 +151,28 @@ def predict_files(model: nn.Module, inputs: Iterable[str | Path], out_dir: str |
     palette = model.palette
     written = []
     for path, stem in plan:
+        try:
+            rgb = _read_rgb(path)
+        except OSError as error:  # unreadable, truncated, not an image (PIL's errors are OSErrors)
+            if failures is None:
+                raise
+            failures.append((path, f"{type(error).__name__}: {error}"))
+            continue
         if mc_samples > 0:
             mask, entropy = predict_uncertainty(model, path, mc_samples, inference)
             save_uncertainty(entropy, len(palette), out / f"{stem}_entropy.png")
         else:
             mask = predict(model, path, inference)
         save_mask(mask, palette, out / f"{stem}.png")
-        with Image.open(path) as im:
-            overlay(im.convert("RGB"), mask, palette, alpha).save(out / f"{stem}_overlay.png")
+        overlay(rgb, mask, palette, alpha).save(out / f"{stem}_overlay.png")
         written.append(out / f"{stem}.png")
     return written
+
+
+def _read_rgb(path: Path) -> Image.Image:
+    with Image.open(path) as im:
+        im.load()  # decode now: a truncated file fails here, before anything is written for it
+        return im.convert("RGB")
 
 
 OUTPUT_SUFFIXES = ("", "_overlay", "_entropy")

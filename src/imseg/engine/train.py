@@ -25,10 +25,10 @@ from typing import Any, Callable
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
-from tqdm.auto import tqdm
 
 from imseg.config import Config, save_config
 from imseg.data import build_dataset, enet_weights, median_frequency_weights
+from imseg.data.stats import warn_if_crops_are_mostly_padding
 from imseg.engine import budget, distributed
 from imseg.engine.checkpoint import (
     CheckpointError,
@@ -40,6 +40,8 @@ from imseg.engine.checkpoint import (
 )
 from imseg.engine.evaluate import evaluate
 from imseg.engine.inference import inference_from_config
+from imseg.engine.progress import progress
+from imseg.engine.run_folder import check_run_folder
 from imseg.engine.runtime import autocast, resolve_amp, seed_everything, seed_worker, set_threads
 from imseg.engine.sampling import GlobalBatchSampler
 from imseg.engine.schedule import build_optimizer, build_scheduler
@@ -96,24 +98,34 @@ def _resolved_steps(state: dict[str, Any] | None) -> int | None:
     return state.get("total_steps") or state.get("config", {}).get("train", {}).get("max_steps")
 
 
-def train(cfg: Config, resume: str | Path | None = None, log: Callable[[str], None] = _print) -> dict[str, Any]:
+def train(cfg: Config, resume: str | Path | None = None, log: Callable[[str], None] = _print,
+          overwrite: bool = False) -> dict[str, Any]:
     """Train per ``cfg``; returns a summary with the best validation mIoU and checkpoint paths.
 
     ``resume``: a checkpoint path, or ``"auto"`` for the newest readable
     checkpoint in ``train.out_dir`` (none found: start fresh). Under torchrun
-    elastic restarts, resuming is automatic.
+    elastic restarts, resuming is automatic. A fresh start in a folder that
+    already holds a run is refused unless ``overwrite`` (see run_folder.py).
     """
     ctx = distributed.setup(cfg.train.device)
+    closers: list[Callable[[], None]] = []  # the run's log files, closed even on Ctrl-C or an error
     try:
-        return _train(cfg, resume, log if ctx.is_main else (lambda message: None), ctx)
+        return _train(cfg, resume, log if ctx.is_main else (lambda message: None), ctx, overwrite, closers)
     finally:
+        for close in closers:
+            close()
         distributed.teardown(ctx)
 
 
-def _train(cfg: Config, resume, log: Callable[[str], None], ctx: distributed.Context) -> dict[str, Any]:
+def _train(cfg: Config, resume, log: Callable[[str], None], ctx: distributed.Context,
+           overwrite: bool = False, closers: list | None = None) -> dict[str, Any]:
     cfg = copy.deepcopy(cfg)  # the resolved time budget is written into it, not into the caller's
     out_dir = Path(cfg.train.out_dir)
     ckpt_dir = out_dir / "checkpoints"
+    if resume is None and distributed.elastic_restart_count() > 0:
+        resume = "auto"  # torchrun restarted us after a failure: continue, don't start over
+    if resume is None and check_run_folder(out_dir, overwrite, ctx.is_main):
+        log(f"--overwrite: deleted the earlier run's checkpoints and logs in {out_dir}")
     set_threads(cfg.train.threads)
     device = ctx.device
     amp_dtype = resolve_amp(cfg.train.amp, device)
@@ -123,6 +135,8 @@ def _train(cfg: Config, resume, log: Callable[[str], None], ctx: distributed.Con
 
     # Data first: bad data must fail before any time is spent on a model.
     train_ds = build_dataset(cfg.data, cfg.data.train_split, train=True)
+    if ctx.is_main:
+        warn_if_crops_are_mostly_padding(train_ds, cfg.data.crop_size, cfg.data.scale_range, cfg.data.train_size)
     val_ds = build_dataset(cfg.data, cfg.data.val_split, train=False) if cfg.data.val_split else None
     num_classes = train_ds.num_classes
 
@@ -176,8 +190,6 @@ def _train(cfg: Config, resume, log: Callable[[str], None], ctx: distributed.Con
     optimizer = build_optimizer(model, cfg.optim)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
-    if resume is None and distributed.elastic_restart_count() > 0:
-        resume = "auto"  # torchrun restarted us after a failure: continue, don't start over
     if resume == "auto":
         resume = find_resume_checkpoint(out_dir)
         log(f"--resume auto: {'continuing from ' + str(resume) if resume else 'no checkpoint yet, starting fresh'}")
@@ -257,6 +269,8 @@ def _train(cfg: Config, resume, log: Callable[[str], None], ctx: distributed.Con
 
         writer = SummaryWriter(str(out_dir / "tensorboard"))
         log_file = open(out_dir / "metrics.jsonl", "a")
+        if closers is not None:
+            closers += [writer.close, log_file.close]
 
     def record(entry: dict[str, Any]) -> None:
         if log_file is not None:
@@ -318,8 +332,8 @@ def _train(cfg: Config, resume, log: Callable[[str], None], ctx: distributed.Con
         sampler.set_epoch(epoch, skip)
         train_model.train()
         epoch_start, loss_sum, loss_count = time.perf_counter(), 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not (cfg.train.progress and ctx.is_main),
-                   leave=False, initial=skip, total=batches_per_epoch)
+        bar = progress(loader, f"epoch {epoch + 1}/{epochs}", enabled=cfg.train.progress and ctx.is_main,
+                       initial=skip, total=batches_per_epoch)
         optimizer.zero_grad(set_to_none=True)
         for i, (images, masks) in enumerate(bar, start=skip):
             if i >= batches_per_epoch or step >= total_steps:
