@@ -25,16 +25,44 @@ def camvid_root() -> Path:
         pytest.skip(f"CamVid not available (set IMSEG_DATA or put it at ../shared/data/camvid): {e}")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Put tmp_path on a RAM disk where there is one with room to spare.
 
     Training tests write full checkpoints (and fsync them); on a slow disk
     that is a third of a config test's time. The tests still write and sync
-    exactly as on disk. ``--basetemp`` or IMSEG_TEST_TMP=disk keeps pytest's default.
+    exactly as on disk. ``--basetemp`` or IMSEG_TEST_TMP=disk keeps pytest's
+    default. Each session gets its own folder (two sessions at once must not
+    wipe each other's), removed at the end unless a test failed; folders of
+    sessions whose process is gone are removed at the next start.
     """
+    import shutil
+
     shm = Path("/dev/shm")
     if config.option.basetemp or os.environ.get("IMSEG_TEST_TMP") == "disk" or not os.access(shm, os.W_OK):
         return
+    prefix = f"imseg-pytest-{os.getuid()}-"
+    for stale in shm.glob(prefix + "*"):
+        pid = stale.name[len(prefix):]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
     free_gb = os.statvfs(shm).f_bavail * os.statvfs(shm).f_frsize / 2**30
     if free_gb >= 12:  # FCN-8s / DeconvNet write two ~2 GB checkpoints (slow tests)
-        config.option.basetemp = str(shm / f"imseg-pytest-{os.getuid()}")
+        config.option.basetemp = str(shm / f"{prefix}{os.getpid()}")
+        config._imseg_ram_tmp = True
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if getattr(session.config, "_imseg_ram_tmp", False) and exitstatus == 0:
+        import shutil
+
+        shutil.rmtree(session.config.option.basetemp, ignore_errors=True)  # RAM: keep only what a failure left
