@@ -72,16 +72,20 @@ def test_imseg_predict_into_the_photo_folder_is_one_line_and_changes_nothing(tmp
 # ---------------------------------------------------------------- a second run never replaces the first
 
 
+def _tiny_raw(tiny_root, out_dir) -> dict:
+    """One epoch of a 4-channel U-Net on the tiny 64x96 folder."""
+    from tests.helpers import tiny_config
+
+    return tiny_config(tiny_root, out_dir, **{"train.epochs": 1, "data.crop_size": [64, 96],
+                                              "model.name": "unet_original",
+                                              "model.args": {"base_channels": 4, "batch_norm": True}})
+
+
 def _tiny_yaml(tmp_path, tiny_root, out_dir) -> Path:
     import yaml
 
-    from tests.helpers import tiny_config
-
-    raw = tiny_config(tiny_root, out_dir, **{"train.epochs": 1, "data.crop_size": [64, 96],
-                                             "model.name": "unet_original",
-                                             "model.args": {"base_channels": 4, "batch_norm": True}})
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(raw))
+    path.write_text(yaml.safe_dump(_tiny_raw(tiny_root, out_dir)))
     return path
 
 
@@ -147,13 +151,9 @@ def tiny_root(camvid_root, tmp_path_factory):
 def trained_checkpoint(tiny_root, tmp_path_factory):
     from imseg.config import config_from_dict
     from imseg.engine.train import train
-    from tests.helpers import tiny_config
 
     out = tmp_path_factory.mktemp("run")
-    raw = tiny_config(tiny_root, out, **{"train.epochs": 1, "data.crop_size": [64, 96],
-                                         "model.name": "unet_original",
-                                         "model.args": {"base_channels": 4, "batch_norm": True}})
-    train(config_from_dict(raw), log=lambda m: None)
+    train(config_from_dict(_tiny_raw(tiny_root, out)), log=lambda m: None)
     return out / "checkpoints" / "best.pt"
 
 
