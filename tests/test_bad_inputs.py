@@ -278,9 +278,10 @@ def test_progress_in_a_log_file_is_plain_lines_not_carriage_returns(monkeypatch)
 # ---------------------------------------------------------------- start-up
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["predict", "--help"]])
-def test_help_answers_without_importing_torch(argv):
-    """`imseg --help` took 9 s and 1 GB (torch and every model); now it imports neither."""
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["predict", "--help"], ["models"],
+                                  ["models", "--names"]])
+def test_help_and_models_answer_without_importing_torch(argv):
+    """`imseg --help` took 9 s and 1 GB, `imseg models` 68 s (torch and every model); now they import neither."""
     import subprocess
     import sys
 
@@ -308,3 +309,109 @@ def test_a_crop_larger_than_every_image_warns_naming_both(tmp_path):
     assert not warn_if_crops_are_mostly_padding(ds, [64, 96], [0.5, 2.0])  # reachable at scale 2
     with pytest.warns(UserWarning, match=r"180x240 at most"):
         warn_if_crops_are_mostly_padding(ds, [400, 500], [1.0, 1.5], train_size=[180, 240])
+
+
+# ---------------------------------------------------------------- every model file imseg writes, read by every command
+
+
+@pytest.fixture(scope="module")
+def exported(trained_checkpoint, tmp_path_factory):
+    """best.pt exported to safetensors with the CLI, in a folder of its own (no config.yaml beside it)."""
+    out = tmp_path_factory.mktemp("exported") / "model.safetensors"
+    code, _, err = run_cli("export", trained_checkpoint, "--format", "safetensors", "--out", out)
+    assert code == 0, err
+    return out
+
+
+def test_eval_and_predict_take_an_exported_safetensors_file(tmp_path, trained_checkpoint, exported, tiny_root):
+    code, _, err = run_cli("eval", exported, "--split", "val", "--data-root", tiny_root, "--no-report",
+                           "--out", tmp_path / "st.json")
+    assert code == 0, err
+    code, _, err = run_cli("eval", trained_checkpoint, "--split", "val", "--data-root", tiny_root, "--no-report",
+                           "--out", tmp_path / "pt.json")
+    assert code == 0, err
+    import json
+
+    st, pt = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("st", "pt"))
+    assert st["mIoU"] == pytest.approx(pt["mIoU"], abs=1e-6) and st["model"] == pt["model"]
+    photos = _images(tmp_path / "photos", "a.png")
+    code, out, err = run_cli("predict", exported, photos, "--out", tmp_path / "masks")
+    assert code == 0, err
+    assert (tmp_path / "masks" / "a.png").is_file()
+
+
+def test_a_checkpoint_renamed_to_safetensors_still_loads(tmp_path, trained_checkpoint):
+    """The file's first bytes decide how it is read, not its name."""
+    from imseg.engine.checkpoint import load_model
+
+    renamed = tmp_path / "model.safetensors"
+    renamed.write_bytes(trained_checkpoint.read_bytes())
+    assert load_model(renamed).meta.num_classes == load_model(trained_checkpoint).meta.num_classes
+
+
+def _safetensors_with(path: Path, source: Path, edit) -> Path:
+    """A copy of the exported ``source`` whose imseg metadata went through ``edit`` (None: dropped)."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(source), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta = json.loads(f.metadata()["imseg"])
+    edited = edit(meta)
+    save_file(tensors, str(path), metadata=None if edited is None else {"imseg": json.dumps(edited)})
+    return path
+
+
+def _drop(key):
+    return lambda m: {k: v for k, v in m.items() if k != key}
+
+
+@pytest.mark.parametrize("name, edit, message", [
+    ("no-meta", lambda m: None, r"bare tensors and no imseg metadata .*encoder_weights"),
+    ("no-preprocessing", _drop("preprocessing"), r"metadata has no 'preprocessing'"),
+    ("bad-preprocessing", lambda m: {**m, "preprocessing": {"mean": [1, 2]}}, r"'preprocessing' is not valid"),
+    ("twelve-names", lambda m: {**m, "class_names": m["class_names"] + ["extra"]},
+     r"'class_names' has 12 names but 'model.num_classes' is 11"),
+    ("more-classes", lambda m: {**m, "model": {**m["model"], "num_classes": 12},
+                                "class_names": m["class_names"] + ["extra"], "palette": m["palette"] + [[1, 2, 3]]},
+     r"does not fit model 'unet_original' with num_classes 12: \S+ is \[11, .* in the file but \[12, "),
+    ("unknown-model", lambda m: {**m, "model": {**m["model"], "name": "unet9000"}},
+     r"describes a model this imseg cannot build: unknown model 'unet9000'"),
+    ("newer", lambda m: {**m, "meta_version": 99}, r"metadata version 99 is newer"),
+])
+def test_a_damaged_safetensors_file_is_one_line_naming_it(tmp_path, exported, name, edit, message):
+    bad = _safetensors_with(tmp_path / f"{name}.safetensors", exported, edit)
+    photos = _images(tmp_path / "photos", "a.png")
+    before = _hashes(tmp_path)
+    code, _, err = run_cli("predict", bad, photos, "--out", tmp_path / "masks")
+    line = _one_line(err)
+    assert code == 2 and str(bad) in line, line
+    assert __import__("re").search(message, line), line
+    assert _hashes(tmp_path) == before and not (tmp_path / "masks").exists()
+
+
+def test_a_checkpoint_whose_class_count_differs_from_its_weights_is_one_line(tmp_path, trained_checkpoint):
+    state = torch.load(trained_checkpoint, weights_only=True)
+    state["model"]["num_classes"] = 5
+    state["class_names"], state["palette"] = state["class_names"][:5], state["palette"][:5]
+    bad = save_checkpoint({k: v for k, v in state.items() if k != "format"}, tmp_path / "five.pt")
+    code, _, err = run_cli("export", bad, "--format", "safetensors", "--out", tmp_path / "x.safetensors")
+    line = _one_line(err)
+    assert code == 2 and "five.pt does not fit model 'unet_original' with num_classes 5" in line, line
+    assert "in the file but [5," in line and not (tmp_path / "x.safetensors").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\x80\x04\x95" + b"\x00" * 64, r"cannot be read"),  # a plain pickle, not imseg's
+    (b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": 1}", r"cannot be read as safetensors"),  # a broken header
+    (b"", r"cannot be read"),
+])
+def test_a_file_that_is_no_model_is_one_line(tmp_path, content, message):
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(content)
+    code, _, err = run_cli("eval", bad, "--no-report")
+    line = _one_line(err)
+    assert code == 2 and str(bad) in line and __import__("re").search(message, line), line
+    assert bad.read_bytes() == content

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from imseg.config import config_from_dict
-from imseg.engine.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from imseg.engine.checkpoint import CheckpointError, load_checkpoint, load_model, read_onnx_meta, save_checkpoint
 from imseg.engine.inference import Inference, infer_logits
 from imseg.engine.predict import predict
 from imseg.engine.train import train
@@ -236,6 +236,9 @@ def test_export_safetensors_and_onnx_round_trip(tiny_root, caffe_run, tmp_path):
     assert report["max_abs_difference"] <= 1e-4 * max(1.0, report["max_abs_logit"])
     meta = json.loads((tmp_path / "model.json").read_text())
     assert meta["preprocessing"]["channel_order"] == "BGR" and len(meta["class_names"]) == 11
+    assert read_onnx_meta(tmp_path / "model.onnx").preprocessing.channel_order == "BGR"  # inside the graph too
+    code, _, err = run_cli("predict", tmp_path / "model.onnx", image, "--out", tmp_path / "masks")
+    assert code == 2 and "is an ONNX graph" in err
 
 
 def test_predict_with_monte_carlo_dropout_writes_uncertainty_maps(tiny_root, plain_run, tmp_path):

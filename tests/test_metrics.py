@@ -149,16 +149,62 @@ def test_scores_on_camvid_label_maps_equal_torchmetrics(camvid_root):
             assert ours == pytest.approx(theirs, abs=1e-6), name
 
 
-@pytest.mark.parametrize("radius", [1, 2, 4, 5, 9])
-def test_boundary_dilation_is_exactly_a_disk(radius):
-    """The separable dilation against the plain definition: a (2r+1)^2 disk convolution."""
+def _disk_dilation(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """The plain definition: a (2r+1)^2 disk convolution of a ``[N, H, W]`` mask."""
     import torch.nn.functional as F
 
-    from imseg.metrics import _dilate
-
-    g = torch.Generator().manual_seed(radius)
-    mask = torch.rand(2, 3, 37, 53, generator=g) > 0.98
     r = torch.arange(-radius, radius + 1, dtype=torch.float32)
     disk = ((r[:, None] ** 2 + r[None, :] ** 2) <= radius**2).float()
-    expected = F.conv2d(mask.float().reshape(6, 1, 37, 53), disk[None, None], padding=radius).reshape(2, 3, 37, 53) > 0
-    assert torch.equal(_dilate(mask, radius), expected)
+    return F.conv2d(mask.float()[:, None], disk[None, None], padding=radius)[:, 0] > 0
+
+
+@pytest.mark.parametrize("radius", [1, 2, 4, 5, 9])
+def test_boundary_dilation_is_exactly_a_disk_for_every_bit(radius):
+    from imseg.metrics import _dilate_bits
+
+    g = torch.Generator().manual_seed(radius)
+    masks = torch.rand(5, 2, 37, 53, generator=g) > 0.98  # 5 classes, 2 images
+    bits = sum(masks[c].long() << c for c in range(5))
+    got = _dilate_bits(bits, radius)
+    for c in range(5):
+        assert torch.equal(((got >> c) & 1).bool(), _disk_dilation(masks[c], radius)), c
+
+
+def _reference_bf1(pred: torch.Tensor, target: torch.Tensor, k: int, ignore: int, radius: int):
+    """BF1 sums the slow, obvious way: one-hot maps, erosion by min-pooling, disk convolutions."""
+    import torch.nn.functional as F
+
+    valid = target != ignore
+    classes = torch.arange(k)[None, :, None, None]
+    gt, pr = (target[:, None] == classes) & valid[:, None], (pred[:, None] == classes) & valid[:, None]
+
+    def edges(x):
+        return (x.float() + F.max_pool2d(-x.float(), 3, stride=1, padding=1)) > 0
+
+    gt_b, pr_b = edges(gt) & valid[:, None], edges(pr) & valid[:, None]
+    b = target.shape[0]
+    near = lambda m: _disk_dilation(m.reshape(b * k, *m.shape[2:]), radius).reshape(m.shape)  # noqa: E731
+    n_pr, n_gt = pr_b.sum((2, 3)).double(), gt_b.sum((2, 3)).double()
+    precision = (pr_b & near(gt_b)).sum((2, 3)) / n_pr.clamp(min=1)
+    recall = (gt_b & near(pr_b)).sum((2, 3)) / n_gt.clamp(min=1)
+    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12), 0.0)
+    appears = (n_pr > 0) | (n_gt > 0)
+    return (f1 * appears).sum(0), appears.sum(0).double()
+
+
+@pytest.mark.parametrize("k", [3, 11, 70])  # 70: more classes than one 62-bit word holds
+def test_boundary_f1_equals_the_one_hot_definition(k):
+    from imseg.metrics import BoundaryF1
+
+    g = torch.Generator().manual_seed(k)
+    blocks = lambda: torch.randint(0, k, (2, 9, 12), generator=g).repeat_interleave(6, 1).repeat_interleave(6, 2)  # noqa: E731
+    target, pred = blocks(), blocks()
+    target[:, 20:30, 10:40] = 255  # an ignored band
+    pred[0, :, :7] = torch.randint(0, k, (54, 7), generator=g)  # ragged edges too
+    m = BoundaryF1(k, ignore_index=255, tolerance=0.04)  # 4 pixels on this 54x72 image
+    m.update(pred, target)
+    radius = round(0.04 * (54**2 + 72**2) ** 0.5)
+    assert radius == 4
+    total, count = _reference_bf1(pred, target, k, 255, radius)
+    torch.testing.assert_close(m.sum, total.double(), rtol=0, atol=1e-12)
+    torch.testing.assert_close(m.count, count)

@@ -233,6 +233,19 @@ def test_every_registered_model_has_a_shipped_profile() -> None:
     assert set(shipped_profiles()) == set(MODELS), "run python -m imseg.models.profile"
 
 
+def test_the_shipped_catalogue_says_what_the_registry_says() -> None:
+    """`imseg models` prints the catalogue without importing the models: it must not drift from them."""
+    from imseg.catalogue import read_catalogue
+    from imseg.models.registry import model_info
+
+    catalogue = read_catalogue()
+    assert set(catalogue) == set(MODELS), "run python -m imseg.models.profile"
+    for name, row in catalogue.items():
+        info = model_info(name)
+        assert (row["paper"], row["year"], row["summary"], row["published"]) == (
+            info.paper, info.year, info.summary, info.published), f"{name}: run python -m imseg.models.profile"
+
+
 @pytest.mark.parametrize("name", [n if n in QUICK_PROFILES else pytest.param(n, marks=pytest.mark.slow)
                                   for n in MODELS])
 def test_shipped_profile_matches_a_live_count(name: str) -> None:

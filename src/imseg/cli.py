@@ -12,10 +12,18 @@ from pathlib import Path
 print = functools.partial(print, flush=True)  # noqa: A001 - progress must show when piped to a file
 
 
-def _data_config_from_checkpoint(state: dict, data_root: str | None):
-    from imseg.config import DataConfig, _build
+def _eval_data_config(model, path: str, data_root: str | None, config: str | None):
+    """The data section for evaluating ``model``: from ``config`` if given, else the one the model file
+    carries (the training run's), with ``data_root`` replacing its root."""
+    from imseg.config import DataConfig, _build, load_config
 
-    data = dict(state["config"]["data"])
+    if config is not None:
+        data = load_config(config).to_dict()["data"]
+    elif model.meta.data is not None:
+        data = dict(model.meta.data)
+    else:
+        raise ValueError(f"{path} carries no data settings (it was exported before imseg stored them); "
+                         f"pass --config CONFIG.yaml whose data section names the dataset")
     if data_root is not None:
         data["root"] = data_root
     return _build(DataConfig, data, "data")
@@ -70,24 +78,23 @@ def default_eval_path(checkpoint: str | Path, split: str) -> Path:
 def run_eval(checkpoint: str, split: str, data_root: str | None = None, out: str | None = None,
              batch_size: int = 2, device: str = "auto", progress: bool = True,
              inference_overrides: dict | None = None, boundary: bool = True, calibration: bool = True,
-             report: bool = True, worst: int = 5) -> dict:
+             report: bool = True, worst: int = 5, config: str | None = None) -> dict:
     """Evaluate a checkpoint on a split: JSON scores, and a report folder beside them."""
     import torch
     from torch.utils.data import DataLoader, Subset
 
     from imseg.data import build_dataset
-    from imseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from imseg.engine.checkpoint import read_model_file
     from imseg.engine.evaluate import evaluate
     from imseg.engine.predict import model_inference
     from imseg.engine import distributed
     from imseg.metrics import format_table
 
-    state = load_checkpoint(checkpoint)
-    model = model_from_checkpoint(state, source=f"checkpoint {checkpoint}")
+    model, record = read_model_file(checkpoint)
+    data_cfg = _eval_data_config(model, checkpoint, data_root, config)
     ctx = distributed.setup(device)  # under torchrun: one shard of the split per process
     dev = ctx.device
     model.to(dev)
-    data_cfg = _data_config_from_checkpoint(state, data_root)
     split_name = {"train": data_cfg.train_split, "val": data_cfg.val_split, "test": data_cfg.test_split}.get(split, split)
     ds = build_dataset(data_cfg, split_name, train=False)
     shard = Subset(ds, range(ctx.rank, len(ds), ctx.world_size)) if ctx.distributed else ds
@@ -100,7 +107,7 @@ def run_eval(checkpoint: str, split: str, data_root: str | None = None, out: str
     )
     scores["inference"] = {"mode": inference.mode, "eval_size": inference.eval_size, "crop_size": inference.crop_size,
                            "stride": inference.stride, "scales": list(inference.scales), "flip": inference.flip}
-    scores.update(checkpoint=str(checkpoint), split=split, model=state["model"], epoch=state["epoch"],
+    scores.update(checkpoint=str(checkpoint), split=split, model=dict(model.meta.spec), epoch=record.get("epoch"),
                   torch=torch.__version__, command="imseg " + " ".join(sys.argv[1:]))
     out_path = Path(out) if out else default_eval_path(checkpoint, split)
     scores["processes"] = ctx.world_size
@@ -121,7 +128,7 @@ def run_eval(checkpoint: str, split: str, data_root: str | None = None, out: str
 def cmd_eval(args: argparse.Namespace) -> int:
     scores = run_eval(args.checkpoint, args.split, args.data_root, args.out, args.batch_size, args.device,
                       inference_overrides=_inference_overrides(args), report=not args.no_report, worst=args.worst,
-                      boundary=not args.no_boundary)
+                      boundary=not args.no_boundary, config=args.config)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"{args.split} mIoU: {100 * scores['mIoU']:.1f}")
     return 0
@@ -160,18 +167,32 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def model_table(markdown: bool = False, size: tuple[int, int] = (360, 480)) -> str:
-    """One row per registered model: paper, year, our params and GFLOPs, the paper's numbers."""
+def _catalogue_rows(size: tuple[int, int]) -> list[tuple[str, str, int, float, str, str]]:
+    """(name, paper, year, params, GFLOPs, published, idea) per model: the shipped catalogue at its size
+    (no torch import), else the live registry and profiles."""
+    from imseg.catalogue import read_catalogue
+
+    shipped = read_catalogue() if tuple(size) == (360, 480) else {}
+    if shipped:
+        return [(name, r["paper"], r["year"], r["params"], r["gflops"], r["published"], r["summary"])
+                for name, r in sorted(shipped.items())]
     from imseg.models.profile import table_profile
     from imseg.models.registry import list_models, model_info
 
     rows = []
     for name in list_models():
-        info = model_info(name)
-        prof = table_profile(name, size)
-        first_author = info.paper.split(",")[0].split(":")[0].strip()
-        rows.append((name, f"{first_author} {info.year}", f"{prof.params / 1e6:.2f}", f"{prof.gflops:.1f}",
-                     info.published or "-", info.summary))
+        info, prof = model_info(name), table_profile(name, size)
+        rows.append((name, info.paper, info.year, prof.params, prof.gflops, info.published, info.summary))
+    return rows
+
+
+def model_table(markdown: bool = False, size: tuple[int, int] = (360, 480)) -> str:
+    """One row per registered model: paper, year, our params and GFLOPs, the paper's numbers."""
+    rows = []
+    for name, paper, year, params, gflops, published, summary in _catalogue_rows(size):
+        first_author = paper.split(",")[0].split(":")[0].strip()
+        rows.append((name, f"{first_author} {year}", f"{params / 1e6:.2f}", f"{gflops:.1f}", published or "-",
+                     summary))
     head = ("model", "paper", "params (M)", f"GFLOPs {size[0]}x{size[1]}", "published")
     if markdown:
         lines = ["| " + " | ".join(head + ("idea",)) + " |", "|" + "---|" * (len(head) + 1)]
@@ -185,14 +206,20 @@ def model_table(markdown: bool = False, size: tuple[int, int] = (360, 480)) -> s
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from imseg.models.registry import list_models, model_arguments, model_info
-
     if args.names:
-        for name in list_models():
-            print(name)
+        from imseg.catalogue import read_catalogue
+
+        names = sorted(read_catalogue())
+        if not names:
+            from imseg.models.registry import list_models
+
+            names = list_models()
+        print("\n".join(names))
         return 0
     print(model_table(markdown=args.markdown))
     if args.verbose:
+        from imseg.models.registry import list_models, model_arguments, model_info
+
         for name in list_models():
             info = model_info(name)
             print(f"\n{name}: {info.paper} ({info.year})\n  {info.summary}\n  arguments: {model_arguments(name)}")
@@ -265,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint")
     e.add_argument("--split", default="test", help="val, test, train or a split name (default test)")
     e.add_argument("--data-root", help="data folder (default: the one in the checkpoint's config)")
+    e.add_argument("--config", help="take the data section from this YAML (default: the one stored in the model file)")
     e.add_argument("--out", help="JSON file to write (default: eval-<split>.json in the run folder)")
     e.add_argument("--batch-size", type=int, default=2)
     e.add_argument("--device", default="auto")
@@ -319,21 +347,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # before any heavy import: `imseg --help` answers at once
-    from imseg.config import ConfigError
-    from imseg.data import DataError
-    from imseg.engine.checkpoint import CheckpointError
-
     if os.environ.get("IMSEG_DEBUG"):
         return args.func(args)  # full tracebacks for developers
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError, FileNotFoundError, ValueError, TypeError) as e:
+    except Exception as e:
+        if not _user_error(e):
+            raise
         # Errors a user can fix get one clear line, not a traceback.
         print(f"imseg {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"imseg {args.command}: interrupted{_resume_hint(args, argv)}", file=sys.stderr)
         return 130
+
+
+def _user_error(error: Exception) -> bool:
+    """An error the user can fix from its message (imported here: `imseg models` must not load torch)."""
+    from imseg.config import ConfigError
+    from imseg.data import DataError
+    from imseg.engine.checkpoint import CheckpointError
+
+    return isinstance(error, (ConfigError, DataError, CheckpointError, FileNotFoundError, ValueError, TypeError))
 
 
 def _resume_hint(args: argparse.Namespace, argv: list[str] | None) -> str:

@@ -9,7 +9,9 @@ names, palette, ignore index and preprocessing.
 from __future__ import annotations
 
 import errno
+import json
 import os
+import pickle
 import shutil
 import tempfile
 import warnings
@@ -19,10 +21,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from imseg.meta import MetadataError, ModelMeta, attach
 from imseg.models.registry import create_model
-from imseg.preprocessing import Preprocessing
 
 FORMAT = "imseg-checkpoint-v1"
+METADATA_KEY = "imseg"  # the safetensors metadata entry and ONNX metadata_props key holding ModelMeta as JSON
 
 
 class CheckpointError(RuntimeError):
@@ -85,47 +88,130 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated file, not a torch file, or unsafe content
-        raise CheckpointError(f"checkpoint {path} cannot be read: {e}") from e
+        with open(path, "rb") as f:  # a file object: torch.load would read a `.safetensors` name as safetensors
+            state = torch.load(f, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:  # torch's weights-only unpickler met something that is not plain data
+        raise CheckpointError(f"checkpoint {path} cannot be read: it holds pickled objects beyond tensors and "
+                              f"plain values, and imseg never unpickles those (that could run code)") from None
+    except Exception as e:  # truncated file, not a torch file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} cannot be read: {first}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an imseg checkpoint (expected format {FORMAT!r})")
     return state
 
 
 def model_from_checkpoint(state: dict[str, Any], source: str = "checkpoint") -> nn.Module:
-    """Rebuild the model described by a checkpoint and load its weights."""
-    spec = state["model"]
-    kwargs = dict(spec["kwargs"])
+    """Rebuild the model described by a checkpoint (or metadata + ``state_dict``) and load its weights."""
+    try:
+        meta = ModelMeta.from_dict(state, source)
+    except MetadataError as e:
+        raise CheckpointError(str(e)) from None
+    return build_model(meta, state["state_dict"], source)
+
+
+def build_model(meta: ModelMeta, state_dict: dict[str, torch.Tensor], source: str) -> nn.Module:
+    """The model ``meta`` describes, holding ``state_dict``; every mismatch is one line naming ``source``."""
+    kwargs = dict(meta.spec["kwargs"])
     # The encoder's starting weights are already inside the state dict; the
     # file they came from need not exist where the checkpoint is loaded.
     if "encoder_weights" in kwargs:
         kwargs["encoder_weights"] = None
-    model = create_model(spec["name"], spec["num_classes"], **kwargs)
-    result = model.load_state_dict(state["state_dict"], strict=False)
-    if result.missing_keys or result.unexpected_keys:
+    try:
+        model = create_model(meta.name, meta.num_classes, **kwargs)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{source} describes a model this imseg cannot build: {e}") from None
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing or unexpected:
+        raise CheckpointError(f"{source} does not fit model {meta.name!r}: missing keys {missing[:10]}, "
+                              f"unexpected keys {unexpected[:10]}")
+    wrong = [k for k, v in expected.items() if tuple(state_dict[k].shape) != tuple(v.shape)]
+    if wrong:
+        k = wrong[0]
         raise CheckpointError(
-            f"{source} does not fit model {spec['name']!r}: missing keys {result.missing_keys[:10]}, "
-            f"unexpected keys {result.unexpected_keys[:10]}"
-        )
-    model.preprocessing = Preprocessing.from_dict(state["preprocessing"])
-    model.class_names = list(state["class_names"])
-    model.palette = [tuple(c) for c in state["palette"]]
-    model.ignore_index = int(state["ignore_index"])
-    model.eval_size = state.get("eval_size")
-    model.eval_settings = dict(state.get("eval") or {})
-    return model
+            f"{source} does not fit model {meta.name!r} with num_classes {meta.num_classes}: "
+            f"{k} is {list(state_dict[k].shape)} in the file but {list(expected[k].shape)} in the model"
+            f"{f' (and {len(wrong) - 1} more tensors differ)' if len(wrong) > 1 else ''}; "
+            f"the weights were trained for another class count or architecture")
+    model.load_state_dict(state_dict)
+    return attach(model, meta)
+
+
+def read_safetensors(path: Path) -> tuple[ModelMeta, dict[str, torch.Tensor]]:
+    """The metadata and weights of a ``.safetensors`` file written by `imseg export`."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(METADATA_KEY)
+            if raw is None:
+                raise CheckpointError(
+                    f"{path} holds {len(list(f.keys()))} bare tensors and no imseg metadata (key {METADATA_KEY!r}): "
+                    f"it was not written by `imseg export`; to start training from such weights, give it as "
+                    f"model.args.encoder_weights")
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except SafetensorError as e:
+        raise CheckpointError(f"{path} cannot be read as safetensors: {e}") from None
+    try:
+        info = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: the imseg metadata is not valid JSON ({e})") from None
+    try:
+        return ModelMeta.from_dict(info, str(path)), state
+    except MetadataError as e:
+        raise CheckpointError(str(e)) from None
+
+
+def read_onnx_meta(path: str | Path) -> ModelMeta:
+    """The `ModelMeta` stored in an ONNX file exported by imseg (its ``metadata_props``)."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # not a protobuf, truncated
+        raise CheckpointError(f"{path} cannot be read as ONNX: {e}") from None
+    props = {p.key: p.value for p in proto.metadata_props}
+    if METADATA_KEY not in props:
+        raise CheckpointError(f"{path} has no imseg metadata (metadata_props key {METADATA_KEY!r}): "
+                              f"it was not exported by imseg, or by a version before 2026-12")
+    try:
+        return ModelMeta.from_dict(json.loads(props[METADATA_KEY]), str(path))
+    except (json.JSONDecodeError, MetadataError) as e:
+        raise CheckpointError(f"{path}: {e}" if isinstance(e, json.JSONDecodeError) else str(e)) from None
+
+
+def _is_safetensors(path: Path) -> bool:
+    # A safetensors file starts with an 8-byte header length and then the JSON header;
+    # a torch checkpoint is a zip (or an old pickle). The name is not trusted: files get renamed.
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def read_model_file(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Any model file imseg writes (a checkpoint, or exported ``.safetensors``): the model (eval mode) and
+    the file's training record (epoch, config, metrics; empty for an export)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"model file {path} does not exist")
+    if path.suffix == ".onnx":
+        raise CheckpointError(f"{path} is an ONNX graph, for onnxruntime and other deployment runtimes; this "
+                              f"command takes the checkpoint (.pt) or .safetensors file it was exported from")
+    if _is_safetensors(path):
+        meta, weights = read_safetensors(path)
+        model, record = build_model(meta, weights, f"weights file {path}"), {}
+    else:
+        record = load_checkpoint(path)
+        model = model_from_checkpoint(record, source=f"checkpoint {path}")
+        record = {k: v for k, v in record.items() if k not in ("state_dict", "optimizer", "scheduler", "scaler")}
+    return model.to(device).eval(), record
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """A model ready for inference (eval mode) from an imseg checkpoint or exported ``.safetensors``."""
-    if Path(path).suffix == ".safetensors":
-        from imseg.engine.export import load_safetensors_model
-
-        return load_safetensors_model(path).to(device)
-    state = load_checkpoint(path)
-    model = model_from_checkpoint(state, source=f"checkpoint {path}")
-    return model.to(device).eval()
+    return read_model_file(path, device)[0]
 
 
 def prune_checkpoints(directory: str | Path, keep: int, pattern: str = "step-*.pt") -> None:

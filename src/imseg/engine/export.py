@@ -1,8 +1,9 @@
 """Export a trained model: ONNX for deployment, safetensors for weights.
 
 Both carry what a consumer needs to use the model correctly: the model
-spec, class names, palette and, above all, the preprocessing (safetensors
-in its metadata, ONNX in a ``.json`` beside the ``.onnx`` file).
+spec, class names, palette and, above all, the preprocessing: `ModelMeta`,
+in the safetensors metadata, in the ONNX graph's ``metadata_props`` and in a
+``.json`` beside the ``.onnx`` file. The readers are in checkpoint.py.
 """
 from __future__ import annotations
 
@@ -13,49 +14,24 @@ from typing import Any
 import torch
 from torch import nn
 
-from imseg.engine.checkpoint import CheckpointError
-
-SAFETENSORS_KEY = "imseg"
-
-
-def _metadata(model: nn.Module) -> dict[str, Any]:
-    return {
-        "model": model.imseg_spec,
-        "preprocessing": model.preprocessing.to_dict(),
-        "class_names": list(getattr(model, "class_names", [])),
-        "palette": [list(c) for c in getattr(model, "palette", [])],
-        "ignore_index": getattr(model, "ignore_index", 255),
-        "eval_size": getattr(model, "eval_size", None),
-        "eval": getattr(model, "eval_settings", {}),
-    }
+from imseg.engine.checkpoint import METADATA_KEY
+from imseg.meta import meta_of
 
 
 def export_safetensors(model: nn.Module, path: str | Path) -> Path:
-    """Weights as safetensors (no pickle: loading cannot execute code), metadata included."""
+    """Weights as safetensors (no pickle: loading cannot execute code), `ModelMeta` in its metadata.
+
+    Read it back with `imseg.load_model` (engine/checkpoint.py); every command that takes a checkpoint
+    takes this file too.
+    """
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # safetensors refuses tensors that share memory; contiguous copies are cheap here.
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata={SAFETENSORS_KEY: json.dumps(_metadata(model))})
+    save_file(state, str(path), metadata={METADATA_KEY: json.dumps(meta_of(model).to_dict())})
     return path
-
-
-def load_safetensors_model(path: str | Path) -> nn.Module:
-    """Rebuild a model exported by `export_safetensors` (eval mode)."""
-    from safetensors import safe_open
-
-    from imseg.engine.checkpoint import model_from_checkpoint
-
-    path = Path(path)
-    with safe_open(str(path), framework="pt") as f:
-        meta = (f.metadata() or {}).get(SAFETENSORS_KEY)
-        if meta is None:
-            raise CheckpointError(f"{path} has no imseg metadata: it was not written by `imseg export`")
-        state = {k: f.get_tensor(k) for k in f.keys()}
-    info = json.loads(meta)
-    return model_from_checkpoint({**info, "state_dict": state}, source=f"weights file {path}").eval()
 
 
 def export_onnx(model: nn.Module, path: str | Path, size: tuple[int, int] = (360, 480),
@@ -74,7 +50,9 @@ def export_onnx(model: nn.Module, path: str | Path, size: tuple[int, int] = (360
     program = torch.export.export(model, (example,), dynamic_shapes=({**dims},) if dynamic else None)
     torch.onnx.export(program, (example,), str(path), dynamo=True, input_names=["image"], output_names=["logits"],
                       verbose=False)
-    path.with_suffix(".json").write_text(json.dumps(_metadata(model), indent=2))
+    meta = json.dumps(meta_of(model).to_dict())
+    _add_onnx_metadata(path, meta)
+    path.with_suffix(".json").write_text(json.dumps(json.loads(meta), indent=2))  # the same, for people and tools
     report: dict[str, Any] = {"onnx": str(path), "metadata": str(path.with_suffix(".json")), "dynamic": dynamic}
     if check:
         import onnxruntime as ort
@@ -90,3 +68,13 @@ def export_onnx(model: nn.Module, path: str | Path, size: tuple[int, int] = (360
         report["max_abs_difference"] = float(abs(got - expected.numpy()).max())
         report["max_abs_logit"] = float(abs(expected).max())
     return report
+
+
+def _add_onnx_metadata(path: Path, meta: str) -> None:
+    """Store the metadata inside the graph (``metadata_props``), so the .onnx file is complete on its own."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)  # large models keep their external weights file
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, meta
+    onnx.save(proto, str(path))

@@ -47,6 +47,7 @@ from imseg.engine.sampling import GlobalBatchSampler
 from imseg.engine.schedule import build_optimizer, build_scheduler
 from imseg.losses import build_loss
 from imseg.models.registry import create_model
+from imseg.meta import ModelMeta
 from imseg.preprocessing import get_preprocessing
 
 
@@ -158,6 +159,10 @@ def _train(cfg: Config, resume, log: Callable[[str], None], ctx: distributed.Con
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     inference = inference_from_config(cfg.eval, preprocessing, cfg.data.eval_size, amp_dtype)
+    meta = ModelMeta(spec=spec, preprocessing=preprocessing, class_names=tuple(train_ds.class_names),
+                     palette=tuple(tuple(c) for c in train_ds.palette), ignore_index=train_ds.ignore_index,
+                     eval_size=tuple(cfg.data.eval_size) if cfg.data.eval_size else None,
+                     eval_settings=dataclasses.asdict(cfg.eval), data=cfg.to_dict()["data"])
 
     weights = class_weights_for(cfg, train_ds, log)
     criterion = build_loss(
@@ -288,14 +293,8 @@ def _train(cfg: Config, resume, log: Callable[[str], None], ctx: distributed.Con
         if not ctx.is_main:
             return
         state = {
-            "model": spec,
+            **meta.to_dict(),
             "state_dict": model.state_dict(),
-            "preprocessing": preprocessing.to_dict(),
-            "class_names": list(train_ds.class_names),
-            "palette": [list(c) for c in train_ds.palette],
-            "ignore_index": train_ds.ignore_index,
-            "eval_size": cfg.data.eval_size,
-            "eval": dataclasses.asdict(cfg.eval),
             "config": cfg.to_dict(),
             "epoch": epoch_done,
             "batch_in_epoch": batch_in_epoch,

@@ -8,7 +8,8 @@ no meta kernel fall back to a real CPU forward pass.
 
 Profiling all 30 registered models still takes about 20 s (HRNet's and
 Auto-DeepLab's thousands of ops), so ``imseg models`` reads the counts at
-the default size from ``profiles.json``, written by
+the default size from ``profiles.json`` (with the registry's paper facts, see
+imseg/catalogue.py), written by
 ``python -m imseg.models.profile`` and checked against live counts by the
 tests; a model missing from the file is profiled live.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from imseg.catalogue import CATALOGUE_FILE
 from imseg.models.registry import create_model, main_logits
 
 
@@ -56,7 +58,7 @@ def profile_model(name: str, num_classes: int = 11, size: tuple[int, int] = (360
     return Profile(name, count_params(model), flops / 1e9, size)
 
 
-PROFILES_FILE = Path(__file__).with_name("profiles.json")
+PROFILES_FILE = CATALOGUE_FILE
 SHIPPED_SIZE = (360, 480)
 SHIPPED_CLASSES = 11
 
@@ -76,12 +78,13 @@ def table_profile(name: str, size: tuple[int, int] = SHIPPED_SIZE) -> Profile:
 
 
 def write_profiles(path: Path = PROFILES_FILE) -> Path:
-    from imseg.models.registry import list_models
+    from imseg.models.registry import list_models, model_info
 
     rows = {}
     for name in list_models():
-        prof = profile_model(name, SHIPPED_CLASSES, SHIPPED_SIZE)
-        rows[name] = {"params": prof.params, "gflops": round(prof.gflops, 3)}
+        prof, info = profile_model(name, SHIPPED_CLASSES, SHIPPED_SIZE), model_info(name)
+        rows[name] = {"params": prof.params, "gflops": round(prof.gflops, 3), "paper": info.paper,
+                      "year": info.year, "summary": info.summary, "published": info.published}
     record = {"what": f"create_model(name, {SHIPPED_CLASSES}) with default arguments, one forward at "
                       f"{SHIPPED_SIZE[0]}x{SHIPPED_SIZE[1]}; written by python -m imseg.models.profile",
               "models": rows}
