@@ -29,7 +29,6 @@ import argparse
 import datetime
 import json
 import shutil
-import subprocess
 import sys
 import time
 import traceback
@@ -40,20 +39,6 @@ import torch
 HERE = Path(__file__).resolve().parent
 RECIPES = HERE / "recipes"
 RESULTS = HERE / "results"
-
-
-def versions() -> dict:
-    import torchvision
-
-    import imseg
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
-                                text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
-    return {"torch": torch.__version__, "torchvision": torchvision.__version__, "imseg": imseg.__version__,
-            "git_commit": commit}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,11 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     again.add_argument("--fresh", action="store_true", help="delete an earlier run folder of this name first")
     args = parser.parse_args(argv)
 
-    from imseg.cli import run_eval
+    from imseg.engine.eval_run import run_eval
     from imseg.config import load_config
     from imseg.engine.plots import plot_curves, read_log
     from imseg.engine.train import train
-    from imseg.machine import describe, machine_info
+    from imseg.machine import describe, machine_info, versions
     from imseg.models.profile import profile_model
 
     recipe_path = RECIPES / f"camvid-{args.recipe}.yaml"

@@ -41,7 +41,7 @@ def select_and_test(checkpoint: str | Path, run_dir: str | Path, data_root: str 
     """Pick the inference setting with the best val mIoU, then score test once with it."""
     import torch
 
-    from imseg.cli import run_eval
+    from imseg.engine.eval_run import run_eval
     from imseg.machine import machine_info
 
     run_dir = Path(run_dir)

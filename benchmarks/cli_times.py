@@ -88,7 +88,7 @@ def eval_times(checkpoint: str | None, images: int, before: str, repeats: int) -
             seconds.append(time.perf_counter() - start)
         results[name] = {"median_seconds": round(statistics.median(seconds), 2),
                          "seconds": [round(s, 2) for s in seconds], "mIoU": scores["mIoU"],
-                         "mBF1": scores.get("mBF1")}
+                         "mean_bf1": scores.get("mean_bf1")}
     ev.BoundaryF1 = new_bf1
     return {"checkpoint": checkpoint, "images": images, "image_size": list(camvid[0][1].shape), **results}
 
@@ -106,14 +106,11 @@ def main() -> None:
     # Before this process imports torch: a child's peak memory counts what it was forked from.
     startup = [time_command([imseg_bin, "--help"], args.repeats), time_command([imseg_bin, "models"], args.repeats)]
 
-    import torch
-
-    import imseg
-    from imseg.machine import describe, machine_info
+    from imseg.machine import describe, machine_info, versions
 
     result = {
         "machine": machine_info(),
-        "versions": {"imseg": imseg.__version__, "torch": torch.__version__, "python": sys.version.split()[0]},
+        "versions": versions(),
         "command": "python " + " ".join([Path(sys.argv[0]).resolve().relative_to(REPO).as_posix(), *sys.argv[1:]]),
         "startup": startup,
         "eval": eval_times(args.checkpoint, args.images, args.before, args.repeats),
@@ -124,7 +121,7 @@ def main() -> None:
         print(f"{row['command']:>14}: {row['median_seconds']:.2f} s, peak {row['peak_rss_mib']:.0f} MiB")
     for name, row in result["eval"].items():
         if isinstance(row, dict):
-            print(f"eval {result['eval']['images']} images, {name}: {row['median_seconds']:.2f} s")
+            print(f"eval {result['eval']['images']} images, {name}: {row['median_seconds']:.2f} s, BF1 {row['mean_bf1']}")
     print(f"wrote {args.out}")
 
 

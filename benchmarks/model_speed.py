@@ -18,14 +18,12 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
-import torchvision
 
 import imseg
-from imseg.machine import machine_info
+from imseg.machine import data_seconds_per_image, machine_info, versions
 from imseg.models.profile import count_params
 from imseg.models.registry import main_logits
 
@@ -77,21 +75,6 @@ def time_model(name: str, size: tuple[int, int], train_batch: int, repeats: int,
     }
 
 
-def data_seconds_per_image(data_root: str | None, samples: int = 16) -> float | None:
-    from imseg.data import DataError, build_dataset
-
-    cfg = SimpleNamespace(name="camvid", root=data_root, crop_size=[360, 480], scale_range=[0.5, 2.0],
-                          train_size=None, hflip=True, color_jitter=0.0, ignore_index=255)
-    try:
-        ds = build_dataset(cfg, "train", train=True)
-    except DataError:
-        return None
-    start = time.perf_counter()
-    for i in range(samples):
-        ds[i]
-    return (time.perf_counter() - start) / samples
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=None, help="default: every registered model")
@@ -118,7 +101,7 @@ def main() -> int:
         "data_seconds_per_image": data_seconds_per_image(args.data_root),
         "results": results,
         "machine": machine_info(),
-        "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__, "imseg": imseg.__version__},
+        "versions": versions(),
         "command": "python " + " ".join(sys.argv),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

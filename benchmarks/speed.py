@@ -23,15 +23,13 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
 import imseg
-from imseg.machine import describe, machine_info, matmul_gflops
+from imseg.machine import data_seconds_per_image, describe, machine_info, matmul_gflops, versions
 from imseg.models.registry import main_logits
 
 K = 11
@@ -160,21 +158,6 @@ def timed_pair(models, size, repeats, batch):
     return [statistics.median(t) for t in fwd_t], [statistics.median(t) for t in step_t]
 
 
-def data_images_per_second(samples=24):
-    from imseg.data import DataError, build_dataset
-
-    cfg = SimpleNamespace(name="camvid", root=None, crop_size=[360, 480], scale_range=[0.5, 2.0], train_size=None,
-                          hflip=True, color_jitter=0.2, ignore_index=255)
-    try:
-        ds = build_dataset(cfg, "train", train=True)
-    except DataError:
-        return None
-    t = time.perf_counter()
-    for i in range(samples):
-        ds[i]
-    return samples / (time.perf_counter() - t)
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=3)
@@ -185,7 +168,8 @@ def main() -> int:
     args = p.parse_args()
 
     peak = matmul_gflops(n=2048, repeats=10)  # the peak the achieved GFLOP/s are compared with
-    data_rate = data_images_per_second()
+    per_image = data_seconds_per_image(samples=24, color_jitter=0.2)
+    data_rate = 1 / per_image if per_image else None
     print(f"machine: {describe()}")
     print(f"matmul peak {peak:.0f} GFLOP/s; data pipeline {data_rate or float('nan'):.1f} images/s per worker")
     rows = []
@@ -219,8 +203,7 @@ def main() -> int:
         "data_pipeline_images_per_second_per_worker": data_rate,
         "results": rows,
         "machine": machine_info(),
-        "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__, "imseg": imseg.__version__,
-                     "segmentation_models_pytorch": __import__("segmentation_models_pytorch").__version__},
+        "versions": versions("segmentation_models_pytorch"),
         "command": "python " + " ".join(sys.argv),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

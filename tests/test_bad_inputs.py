@@ -110,7 +110,7 @@ def test_training_again_into_a_run_folder_is_refused_until_resume_or_overwrite(t
 
 
 def test_eval_of_a_loose_checkpoint_writes_beside_it(tmp_path, trained_checkpoint, tiny_root):
-    from imseg.cli import default_eval_path
+    from imseg.engine.eval_run import default_eval_path
 
     loose = tmp_path / "x" / "y" / "model.pt"
     loose.parent.mkdir(parents=True)

@@ -45,8 +45,9 @@ def test_every_shipped_config_trains_through_imseg_train(path, tiny_root, tmp_pa
 
     tiny = tiny_config(tiny_root, tmp_path / "run")
     overrides = [f"data.{k}={json.dumps(v)}" for k, v in tiny["data"].items()]  # JSON is YAML
+    # train.max_steps=null: an iteration-based recipe (ADE20K's 160k steps) would otherwise outlast the one epoch.
     code, out, err = run_cli("train", path, "--out-dir", tmp_path / "run", "--set", *overrides, "train.epochs=1",
-                             "train.time_budget_minutes=null", "train.progress=false",
+                             "train.max_steps=null", "train.time_budget_minutes=null", "train.progress=false",
                              "train.checkpoint_every_steps=0")
     assert code == 0, err
     assert "best val mIoU" in out
@@ -92,6 +93,18 @@ def test_overrides_are_typed():
         ("data.scale_range=[2.0,1.0]", r"data.scale_range: expected \[low, high\] with low <= high"),
         ("optim.lr=1e-x", r"optim.lr: expected float, got '1e-x'"),
         ("optim.lr=nan", r"optim.lr: expected float, got 'nan'"),
+        ("train.max_steps=0", r"train.max_steps: expected a number >= 1, got 0"),
+        ("train.early_stop=0", r"train.early_stop: expected a number >= 1, got 0"),
+        ("train.ema_decay=1", r"train.ema_decay: expected a number in \(0, 1\), got 1.0"),
+        ("loss.class_weights=inverse", r"loss.class_weights: expected .*'median_frequency'.*, got 'inverse'"),
+        # model.args against the builder's signature and annotations (unet's by default).
+        ("model.args={output_stride: '16'}", r"model.args.output_stride: expected int, got '16'"),
+        ("model.args={decoder_channels: [64, x]}", r"model.args.decoder_channels\[1\]: expected int, got 'x'"),
+        ("model.args={upsample: cubic}", r"model.args.upsample: expected one of \['nearest', 'bilinear'\]"),
+        ("model.args={encoder_weights: 3}", r"model.args.encoder_weights: expected str \| None, got 3"),
+        ("model.args={outptu_stride: 16}", r"unknown config key 'model.args.outptu_stride'; model 'unet' accepts: "
+                                           r"decoder_channels, encoder, .*output_stride"),
+        ("model.name=unet3", r"model.name: unknown model 'unet3'; choose one of: .*unet"),
     ],
 )
 def test_bad_config_names_the_key(override, message):
@@ -107,3 +120,28 @@ def test_bad_yaml_file_names_the_file(tmp_path):
     p.write_text("train:\n  lr: 0.1\n")
     with pytest.raises(ConfigError, match=f"'train.lr'.*{p.name}"):
         load_config(p)
+
+
+def test_a_typed_model_args_error_names_the_key_and_the_file_before_anything_runs(tmp_path):
+    import re
+
+    path = tmp_path / "c.yaml"
+    path.write_text('model:\n  name: deeplabv3plus\n  args:\n    output_stride: "16"\n')
+    with pytest.raises(ConfigError, match="^" + re.escape(f"model.args.output_stride: expected int, got '16' in {path}")):
+        load_config(path)
+
+
+def test_model_args_take_ints_for_floats_lists_for_tuples_and_none_where_optional():
+    cfg = load_config(None, ["model.name=deeplabv3", "model.args={multi_grid: [1, 2, 4], aspp_rates: null, "
+                                                     "aux_stride: 8}"])
+    assert cfg.model.args == {"multi_grid": [1, 2, 4], "aspp_rates": None, "aux_stride": 8}
+    cfg = load_config(None, ["model.name=unet_original", "model.args={dropout: 0, base_channels: 8}"])
+    assert cfg.model.args == {"dropout": 0.0, "base_channels": 8} and isinstance(cfg.model.args["dropout"], float)
+    assert load_config(None, ["model.name=pspnet", "model.args={bins: [1, 3]}"]).model.args == {"bins": [1, 3]}
+    with pytest.raises(ConfigError, match=r"model.args.bins: expected a list, got 3"):
+        load_config(None, ["model.name=pspnet", "model.args={bins: 3}"])
+
+
+def test_early_stop_needs_a_validation_split():
+    with pytest.raises(ConfigError, match=r"train.early_stop=3 counts validation rounds, but data.val_split is empty"):
+        load_config(None, ["train.early_stop=3", "data.val_split="])

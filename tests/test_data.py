@@ -1,7 +1,7 @@
 """Data: CamVid, folder datasets, input checks, joint transforms, palettes, class weights."""
 from __future__ import annotations
 
-import types
+from imseg.config import DataConfig
 from pathlib import Path
 
 import numpy as np
@@ -30,15 +30,9 @@ from imseg.data import camvid as camvid_module
 from imseg.data.base import load_index_mask
 
 
-def data_cfg(**overrides) -> types.SimpleNamespace:
-    """A DataConfig stand-in with the contract's defaults."""
-    cfg = dict(
-        name="camvid", root=None, image_dir="images", mask_dir="masks", splits={}, class_names=[],
-        palette=[], ignore_index=255, crop_size=[360, 480], scale_range=[0.5, 2.0], train_size=None,
-        eval_size=None, hflip=True, color_jitter=0.0, batch_size=8, num_workers=2,
-    )  # fmt: skip
-    cfg.update(overrides)
-    return types.SimpleNamespace(**cfg)
+def data_cfg(**overrides) -> DataConfig:
+    """A DataConfig with the defaults of the config file, except ``overrides``."""
+    return DataConfig(**overrides)
 
 
 def save_rgb(path: Path, h: int = 8, w: int = 10, value: int = 100) -> Path:
@@ -230,8 +224,9 @@ def test_split_placeholder_in_folder_names(tmp_path):
 
 
 def test_unknown_dataset_name_lists_choices():
-    with pytest.raises(DataError, match=r"unknown dataset 'voc'.*\['camvid', 'folder'\]"):
-        build_dataset(data_cfg(name="voc"), "train", train=True)
+    with pytest.raises(DataError, match=r"unknown dataset 'pascal'.*\['ade20k', 'camvid', 'cityscapes', 'coco_stuff', "
+                                        r"'folder', 'raster', 'voc'\]"):
+        build_dataset(data_cfg(name="pascal"), "train", train=True)
 
 
 def test_folder_needs_class_names(tmp_path):

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,5 +130,58 @@ def test_two_nodes_on_loopback_agree_with_one_process(runs):
     np.testing.assert_allclose(_losses(runs / "nodes"), _losses(runs / "one"), rtol=1e-4)
     a = load_checkpoint(runs / "one" / "checkpoints" / "last.pt")["state_dict"]
     b = load_checkpoint(runs / "nodes" / "checkpoints" / "last.pt")["state_dict"]
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------ collectives per optimiser step
+
+COUNT_WORKER = Path(__file__).with_name("ddp_count_worker.py")
+
+
+def _torchrun_two(*args) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *map(str, args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+
+def _accum_config(runs, name, accum):
+    """9 images, global batch 2 (one per process), no validation (its collectives are not steps')."""
+    cfg = _config(runs / "data", runs / name)
+    cfg["data"].update(batch_size=2, val_split="")
+    cfg["train"]["grad_accum"] = accum
+    path = runs / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def counted(runs):
+    """2-process runs with grad_accum 1 and 4, their collectives counted per process (tests/ddp_count_worker.py)."""
+    counts = {}
+    for accum in (1, 4):
+        name = f"count{accum}"
+        _torchrun_two(COUNT_WORKER, _accum_config(runs, name, accum), runs / name)
+        counts[accum] = [json.loads((runs / name / f"counts-{rank}.json").read_text()) for rank in (0, 1)]
+    return counts
+
+
+def test_accumulation_reduces_gradients_once_per_optimiser_step(counted):
+    assert [counted[1][0]["steps"], counted[4][0]["steps"]] == [8, 2]  # 4 batches an epoch, 2 epochs
+    for ranks in counted.values():
+        for c in ranks:
+            assert c["all_reduce"] == c["steps"]  # the loss and the finite flag travel in one collective
+    buckets = {accum: ranks[0]["gradient_buckets"] / ranks[0]["steps"] for accum, ranks in counted.items()}
+    # Without no_sync() each of the 4 micro-batches' backward would reduce every bucket: 4x as many.
+    assert buckets[4] == buckets[1] >= 1, buckets
+
+
+def test_two_processes_accumulating_follow_one_process(runs, counted):
+    _run(["train", _accum_config(runs, "accum-one", 4)])
+    np.testing.assert_allclose(_losses(runs / "count4"), _losses(runs / "accum-one"), rtol=1e-4)
+    a = load_checkpoint(runs / "accum-one" / "checkpoints" / "last.pt")["state_dict"]
+    b = load_checkpoint(runs / "count4" / "checkpoints" / "last.pt")["state_dict"]
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)

@@ -10,7 +10,8 @@ import torchvision
 from safetensors.torch import save_file
 
 from imseg.models import build_encoder, list_encoders
-from imseg.models.encoders import Encoder
+from imseg.models.encoders import Encoder, torchvision_taps
+from imseg.preprocessing import TORCHVISION
 
 TIMM_ENCODERS = ["timm:resnet18", "timm:mobilenetv3_small_050", "timm:convnext_atto"]
 
@@ -194,3 +195,88 @@ def test_timm_imagenet_offline_says_how_to_use_a_file(monkeypatch) -> None:
     monkeypatch.setattr(timm, "create_model", offline)
     with pytest.raises(RuntimeError, match=r"huggingface\.co/timm/resnet18\.\S+/model\.safetensors.*pass its path"):
         build_encoder("timm:resnet18", weights="imagenet")
+
+
+# --------------------------------------------------------------------------- the contract and taps
+
+
+class _Tiny(Encoder):
+    def __init__(self, **contract) -> None:
+        base = {"name": "tiny", "in_channels": 3, "channels": [8, 16], "strides": [4, 8], "output_stride": 8,
+                "preprocessing": TORCHVISION}
+        super().__init__(**{**base, **contract})
+
+
+@pytest.mark.parametrize(
+    "contract, message",
+    [
+        ({"strides": [4]}, "strides must hold one positive integer per feature map"),
+        ({"strides": [8, 4]}, "strides must never fall"),
+        ({"strides": [4, 16]}, "strides must never fall .* nor pass output_stride 8; got \\[4, 16\\]"),
+        ({"channels": []}, "channels must be a non-empty list"),
+        ({"in_channels": 4}, "preprocessing must be a Preprocessing for 4 channels"),
+        ({"name": ""}, "name must be a non-empty string"),
+        ({"preprocessing": None}, "preprocessing must be a Preprocessing"),
+    ],
+)
+def test_a_broken_contract_fails_when_the_encoder_is_built(contract: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=f"_Tiny breaks the encoder contract: {message}"):
+        _Tiny(**contract)
+    assert _Tiny().channels == [8, 16]
+
+
+def test_an_encoder_that_forgets_part_of_the_contract_fails_when_built() -> None:
+    class Forgetful(Encoder):
+        def __init__(self) -> None:
+            super().__init__(name="forgetful", in_channels=3, channels=[8], strides=[4], output_stride=4)
+
+    with pytest.raises(TypeError, match="preprocessing"):
+        Forgetful()
+
+
+@pytest.mark.parametrize(
+    "name, taps, channels, strides",
+    [
+        ("resnet18", (1, 3), [64, 256], [4, 16]),
+        ("vgg16", (3, 4, 30), [64, 64, 512], [1, 2, 32]),  # conv1_2, pool1, pool5
+        ("mobilenet_v3_large", (4, 16), [40, 960], [8, 32]),
+        ("timm:resnet18", (1, 4), [64, 512], [4, 32]),
+    ],
+)
+def test_taps_choose_the_returned_maps(name: str, taps: tuple, channels: list, strides: list) -> None:
+    enc = build_encoder(name, taps=taps).eval()
+    assert enc.taps == taps and enc.channels == channels and enc.strides == strides
+    with torch.no_grad():
+        feats = enc(torch.randn(1, 3, 64, 96))
+    assert [tuple(f.shape) for f in feats] == [(1, c, 64 // s, 96 // s) for c, s in zip(channels, strides)]
+
+
+def test_taps_keep_the_weights_layout(tmp_path) -> None:
+    """Taps only change what forward returns: a full torchvision file still loads, and the maps are its own."""
+    ref = torchvision.models.resnet18().eval()
+    path = tmp_path / "resnet18.pth"
+    torch.save(ref.state_dict(), path)
+    enc = build_encoder("resnet18", weights=str(path), taps=(2, 4)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ours, theirs = enc(x), _resnet_features(ref, x)
+    torch.testing.assert_close(ours[0], theirs[2])
+    torch.testing.assert_close(ours[1], theirs[4])
+
+
+def test_bad_taps_are_one_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"taps of encoder 'resnet18' must be increasing indices from 0 to 4"):
+        build_encoder("resnet18", taps=(3, 1))
+    with pytest.raises(ValueError, match=r"from 0 to 16, got \(4, 17\)"):
+        build_encoder("mobilenet_v3_large", taps=(4, 17))
+    with pytest.raises(ValueError, match="encoder 'xception65' does not take taps"):
+        build_encoder("xception65", taps=(0, 1))
+
+
+def test_torchvision_taps_read_mobilenet_v3_where_torchvision_does() -> None:
+    assert torchvision_taps("resnet50", 8) is None  # torchvision reads ResNets at the default maps
+    large = build_encoder("mobilenet_v3_large", output_stride=16, taps=torchvision_taps("mobilenet_v3_large", 16))
+    assert large.taps == (1, 3, 4, 12, 16) and large.strides == [2, 4, 8, 16, 16]
+    assert torchvision_taps("mobilenet_v3_small", 16)[2] == 2
+    # At output stride 8 the stride-8 map is the deepest one: it stays the last block.
+    assert torchvision_taps("mobilenet_v3_large", 8) == build_encoder("mobilenet_v3_large", output_stride=8).taps

@@ -11,10 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imseg.models import SegOutput, build_encoder, create_model, list_models, main_logits, model_info
+from imseg.meta import attach, meta_of
+from imseg.models import (SegOutput, build_encoder, create_model, list_models, main_logits, model_arguments,
+                          model_info)
+from imseg.models.base import SegmentationModel
+from imseg.models.encoders import Encoder
 from imseg.models.fcn import FCN8s
 from imseg.models.layers import upsampling_deconv
-from imseg.preprocessing import Preprocessing
+from imseg.preprocessing import CAFFE, TORCHVISION, Preprocessing
 
 NUM_CLASSES = 5
 # Keep the tests fast: FCN's 4096-channel fc6 (100M parameters) only runs in the slow test.
@@ -101,6 +105,40 @@ def test_spec_and_preprocessing_are_recorded(name: str) -> None:
     assert model.imseg_spec["name"] == name
     assert model.imseg_spec["num_classes"] == NUM_CLASSES
     assert model.preprocessing.num_channels == 3
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_is_a_segmentation_model_with_the_encoders_preprocessing(name: str) -> None:
+    model = cached(name)
+    assert isinstance(model, SegmentationModel) and model.meta is None
+    if isinstance(model.encoder, Encoder):
+        # Every pretrained-encoder model normalises as its encoder's weights expect.
+        assert model.preprocessing == model.encoder.preprocessing
+
+
+def test_preprocessing_is_the_encoders_unless_set_and_attach_sets_it() -> None:
+    model = build("unet", encoder="xception65")
+    assert model.preprocessing == model.encoder.preprocessing and model.preprocessing != TORCHVISION
+    meta = meta_of(model).replace(preprocessing=CAFFE, class_names=tuple("abcde"))
+    attach(model, meta)
+    assert model.meta is meta and model.preprocessing == CAFFE and model.class_names == list("abcde")
+    assert model.encoder.preprocessing != CAFFE  # the encoder keeps what its weights expect
+    with pytest.raises(TypeError, match="preprocessing must be a Preprocessing, got dict"):
+        model.preprocessing = CAFFE.to_dict()
+
+
+def test_a_model_without_an_encoder_must_say_its_preprocessing() -> None:
+    with pytest.raises(ValueError, match="has no Encoder to take its preprocessing from"):
+        SegmentationModel(encoder=nn.Conv2d(3, 3, 1))
+    assert SegmentationModel(preprocessing=TORCHVISION).preprocessing == TORCHVISION
+
+
+@pytest.mark.parametrize("family", [("fcn32s", "fcn16s", "fcn8s"), ("fcn_resnet50", "fcn_resnet101"),
+                                    ("hrnetv2_w18_small", "hrnetv2_w18", "hrnetv2_w32", "hrnetv2_w48"),
+                                    ("autodeeplab_s", "autodeeplab_m", "autodeeplab_l")])
+def test_variants_share_one_builder_signature_and_keep_their_names(family: tuple[str, ...]) -> None:
+    assert all(model_arguments(name) == model_arguments(family[0]) for name in family)
+    assert [model_info(name).builder.__name__ for name in family] == list(family)
 
 
 def test_unknown_model_lists_choices() -> None:

@@ -198,10 +198,10 @@ def test_lraspp_matches_torchvision(tmp_path) -> None:
 def test_lraspp_low_level_input_is_the_first_stride8_block() -> None:
     model = create_model("lraspp", 5)  # the demo's configuration
     enc = model.encoder
-    assert sorted(enc._taps) == [1, 3, 4, 12, 16] and enc.strides == [2, 4, 8, 16, 16]
+    assert sorted(enc.taps) == [1, 3, 4, 12, 16] and enc.strides == [2, 4, 8, 16, 16]
     assert model.classifier.low_classifier.in_channels == 40
     small = create_model("lraspp", 5, encoder="mobilenet_v3_small").encoder
-    assert sorted(small._taps)[2] == 2  # torchvision's stage_indices[-4] of the small model
+    assert sorted(small.taps)[2] == 2  # torchvision's stage_indices[-4] of the small model
 
 
 # --------------------------------------------------------------------------- v3+ and Xception

@@ -12,23 +12,6 @@ from pathlib import Path
 print = functools.partial(print, flush=True)  # noqa: A001 - progress must show when piped to a file
 
 
-def _eval_data_config(model, path: str, data_root: str | None, config: str | None):
-    """The data section for evaluating ``model``: from ``config`` if given, else the one the model file
-    carries (the training run's), with ``data_root`` replacing its root."""
-    from imseg.config import DataConfig, _build, load_config
-
-    if config is not None:
-        data = load_config(config).to_dict()["data"]
-    elif model.meta.data is not None:
-        data = dict(model.meta.data)
-    else:
-        raise ValueError(f"{path} carries no data settings (it was exported before imseg stored them); "
-                         f"pass --config CONFIG.yaml whose data section names the dataset")
-    if data_root is not None:
-        data["root"] = data_root
-    return _build(DataConfig, data, "data")
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from imseg.config import load_config
     from imseg.engine.train import train
@@ -66,66 +49,9 @@ def _add_inference_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--flip", action="store_true", help="also average the mirrored image")
 
 
-def default_eval_path(checkpoint: str | Path, split: str) -> Path:
-    """``<run>/eval-<split>.json`` for a checkpoint in a run's ``checkpoints/`` folder; beside any other
-    checkpoint, named after it (``model-eval-test.json``), so nothing outside its folder is touched."""
-    path = Path(checkpoint).resolve()
-    if path.parent.name == "checkpoints" and (path.parent.parent / "config.yaml").is_file():
-        return path.parent.parent / f"eval-{split}.json"
-    return path.with_name(f"{path.stem}-eval-{split}.json")
-
-
-def run_eval(checkpoint: str, split: str, data_root: str | None = None, out: str | None = None,
-             batch_size: int = 2, device: str = "auto", progress: bool = True,
-             inference_overrides: dict | None = None, boundary: bool = True, calibration: bool = True,
-             report: bool = True, worst: int = 5, config: str | None = None) -> dict:
-    """Evaluate a checkpoint on a split: JSON scores, and a report folder beside them."""
-    import torch
-    from torch.utils.data import DataLoader, Subset
-
-    from imseg.data import build_dataset
-    from imseg.engine.checkpoint import read_model_file
-    from imseg.engine.evaluate import evaluate
-    from imseg.engine.predict import model_inference
-    from imseg.engine import distributed
-    from imseg.metrics import format_table
-
-    model, record = read_model_file(checkpoint)
-    data_cfg = _eval_data_config(model, checkpoint, data_root, config)
-    ctx = distributed.setup(device)  # under torchrun: one shard of the split per process
-    dev = ctx.device
-    model.to(dev)
-    split_name = {"train": data_cfg.train_split, "val": data_cfg.val_split, "test": data_cfg.test_split}.get(split, split)
-    ds = build_dataset(data_cfg, split_name, train=False)
-    shard = Subset(ds, range(ctx.rank, len(ds), ctx.world_size)) if ctx.distributed else ds
-    loader = DataLoader(shard, batch_size=batch_size, num_workers=data_cfg.num_workers)
-    inference = model_inference(model, **(inference_overrides or {}))
-    scores = evaluate(
-        model, loader, num_classes=ds.num_classes, ignore_index=ds.ignore_index,
-        inference=inference, device=dev, class_names=ds.class_names, progress=progress, desc=f"eval {split}",
-        boundary=boundary, calibration=calibration, per_image=not ctx.distributed,
-    )
-    scores["inference"] = {"mode": inference.mode, "eval_size": inference.eval_size, "crop_size": inference.crop_size,
-                           "stride": inference.stride, "scales": list(inference.scales), "flip": inference.flip}
-    scores.update(checkpoint=str(checkpoint), split=split, model=dict(model.meta.spec), epoch=record.get("epoch"),
-                  torch=torch.__version__, command="imseg " + " ".join(sys.argv[1:]))
-    out_path = Path(out) if out else default_eval_path(checkpoint, split)
-    scores["processes"] = ctx.world_size
-    if ctx.is_main:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(json.dumps(scores, indent=2))
-        print(format_table(scores))
-        print(f"{len(ds)} images in {scores['seconds']:.1f}s; scores written to {out_path}")
-        if report:
-            from imseg.engine.report import write_report
-
-            folder = out_path.with_name(out_path.stem + "-report")
-            print(f"report: {write_report(scores, folder, model=model, dataset=ds, inference=inference, worst=worst)}")
-    distributed.teardown(ctx)
-    return scores
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
+    from imseg.engine.eval_run import run_eval
+
     scores = run_eval(args.checkpoint, args.split, args.data_root, args.out, args.batch_size, args.device,
                       inference_overrides=_inference_overrides(args), report=not args.no_report, worst=args.worst,
                       boundary=not args.no_boundary, config=args.config)
@@ -157,14 +83,42 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from imseg.engine.runtime import resolve_device
 
     model = load_model(args.checkpoint, resolve_device(args.device))
+    rasters, inputs = _raster_inputs(model, args)
+    for path in rasters:
+        _predict_raster(model, path, args)
+    if rasters and not inputs:
+        return 0
     inference = model_inference(model, **_inference_overrides(args))
     failures: list = []
-    written = predict_files(model, args.inputs, args.out, alpha=args.alpha, inference=inference,
+    written = predict_files(model, inputs, args.out, alpha=args.alpha, inference=inference,
                             mc_samples=args.mc_samples, failures=failures)
     print(f"wrote {len(written)} masks and overlays to {args.out}")
     for path, reason in failures:  # the other images were predicted; the exit status says not all were
         print(f"imseg predict: could not read {path}: {reason}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _raster_inputs(model, args: argparse.Namespace) -> tuple[list[Path], list[str]]:
+    """The GeoTIFF inputs to predict tile by tile (``--raster``, or a model trained on rasters), and the rest."""
+    meta = getattr(model, "meta", None)
+    raster_model = args.raster or (meta is not None and (meta.data or {}).get("name") == "raster")
+    if not raster_model:
+        return [], list(args.inputs)
+    rasters = [Path(p) for p in args.inputs if Path(p).suffix.lower() in (".tif", ".tiff")]
+    return rasters, [p for p in args.inputs if Path(p) not in rasters]
+
+
+def _predict_raster(model, path: Path, args: argparse.Namespace) -> None:
+    from imseg.engine.raster_predict import predict_raster
+
+    data = (getattr(model, "meta", None) and model.meta.data) or {}
+    tile = args.crop or data.get("crop_size") or (512, 512)
+    out = Path(args.out) / f"{path.stem}.tif"
+    if out.resolve() == path.resolve():
+        raise ValueError(f"the output {out} is the input raster {path}: choose another --out folder")
+    written = predict_raster(model, path, out, tile=tile, stride=args.stride, window_batch=args.window_batch or 2,
+                             confidence=args.confidence, device=next(model.parameters()).device)
+    print(f"wrote {', '.join(map(str, written))} (the input's CRS, transform and size)")
 
 
 def _catalogue_rows(size: tuple[int, int]) -> list[tuple[str, str, int, float, str, str]]:
@@ -266,6 +220,37 @@ def _add_split_parser(sub) -> None:
     s.set_defaults(func=cmd_split)
 
 
+def cmd_check_data(args: argparse.Namespace) -> int:
+    from imseg.data.doctor_report import check_data
+
+    report, survey, found = check_data(args.target, image_dir=args.image_dir, mask_dir=args.mask_dir,
+                                       mask_prefix=args.mask_prefix, mask_suffix=args.mask_suffix, out=args.out,
+                                       write_classes=args.write_classes)
+    print(f"{sum(survey.splits.values())} image/mask pairs: " + ", ".join(f"{k} {v}" for k, v in survey.splits.items()))
+    print(f"mask encodings: {dict(survey.encodings)}")
+    for kind, items in (("error", survey.errors), ("warning", survey.warnings)):
+        for line in items[:10]:
+            print(f"{kind}: {line}")
+        if len(items) > 10:
+            print(f"... and {len(items) - 10} more {kind}s (see the report)")
+    for key, value in found.items():
+        print(f"{key}: {value}")
+    print(f"report: {report}")
+    return 1 if survey.errors else 0
+
+
+def _add_check_data_parser(sub) -> None:
+    c = sub.add_parser("check-data", help="read every image and mask once and report what is wrong (exit 1 on errors)")
+    c.add_argument("target", help="a config file (its data section, every split) or a folder of images and masks")
+    c.add_argument("--image-dir", default="images", help="for a folder: image folder in it (default images)")
+    c.add_argument("--mask-dir", default="masks", help="for a folder: mask folder in it (default masks)")
+    c.add_argument("--mask-prefix", default="", help="for a folder: masks are <prefix><stem><suffix>.png")
+    c.add_argument("--mask-suffix", default="", help="for a folder: e.g. _L or _mask")
+    c.add_argument("--out", default="check-data-report", help="report folder (default ./check-data-report)")
+    c.add_argument("--write-classes", metavar="FILE", help="write a CSV class table of the colours in colour masks")
+    c.set_defaults(func=cmd_check_data)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from imseg.demo import run_demo
 
@@ -311,6 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Monte-Carlo dropout samples (models with dropout, e.g. bayesian_segnet): "
                          "mask from the mean probabilities, plus <name>_entropy.png uncertainty maps")
     pr.add_argument("--device", default="auto")
+    pr.add_argument("--raster", action="store_true",
+                    help="predict .tif inputs tile by tile into GeoTIFFs (automatic for models trained on rasters)")
+    pr.add_argument("--confidence", action="store_true",
+                    help="rasters: also write <name>_confidence.tif (top probability, entropy)")
     _add_inference_flags(pr)
     pr.set_defaults(func=cmd_predict)
 
@@ -330,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.set_defaults(func=cmd_export)
 
     _add_split_parser(sub)
+    _add_check_data_parser(sub)
 
     pl = sub.add_parser("plot", help="draw loss and mIoU curves of a run folder")
     pl.add_argument("run_dir")

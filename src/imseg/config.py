@@ -6,7 +6,9 @@ key (``train.epochs: expected int, got 'five'``), long before training.
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
+import inspect
 import math
 import types
 import typing
@@ -53,6 +55,21 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "val"
     test_split: str = "test"
+    # Colour-coded masks: a class table (CSV name,r,g,b / YAML / JSON file, or an inline list of
+    # {name, color}); see imseg/data/classes.py. Replaces class_names and palette.
+    classes: Optional[Union[str, list[dict[str, Any]]]] = None
+    unknown_colors: Literal["error", "ignore"] = "error"
+    # The mask of images/<stem>.jpg is masks/<mask_prefix><stem><mask_suffix>.png (e.g. _L, _mask).
+    mask_prefix: str = ""
+    mask_suffix: str = ""
+    # Raw mask value -> class id or ignore_index (e.g. Cityscapes labelIds -> trainIds), or the
+    # ADE20K convention (0 = unlabelled, k -> k-1); one or the other.
+    label_map: dict[int, int] = field(default_factory=dict)
+    reduce_zero_label: bool = False
+    # name: voc, split train_aug: the SBD folder benchmark_RELEASE (its cls/*.mat class maps).
+    sbd_root: Optional[str] = None
+    # name: raster: random windows of crop_size drawn per training epoch (scenes are never read whole).
+    windows_per_epoch: int = 500
 
 
 @dataclass
@@ -77,8 +94,9 @@ class LossConfig:
     terms: list[dict[str, Any]] = field(default_factory=lambda: [{"name": "ce"}])
     # Given to the terms that take class weights (ce, ohem):
     # 'none' | 'median_frequency' | 'enet' (1/ln(1.02 + share), milder) | an
-    # explicit list, one weight per class.
-    class_weights: Union[str, list[float]] = "none"
+    # explicit list, one weight per class (its length is checked against the
+    # dataset's classes when training starts).
+    class_weights: Union[Literal["none", "median_frequency", "enet"], list[float]] = "none"
     # Auxiliary heads' logits get the same sum, times this weight.
     aux_weight: float = 0.4
 
@@ -129,6 +147,13 @@ class TrainConfig:
     # far that eval-mode predictions collapse to one class: 0.1 fixes that.
     bn_momentum: Optional[float] = None
     grad_accum: int = 1
+    # Stop when this many validation rounds in a row bring no new best val
+    # mIoU (the reason is logged; last.pt is written as at any end). None: off.
+    early_stop: Optional[int] = None
+    # Keep an exponential moving average of the weights, updated after every
+    # optimiser step (0.999: a window of about 1000 steps). Validation and
+    # best.pt use the averaged weights; last.pt holds both. None: off.
+    ema_decay: Optional[float] = None
     # 'none', 'bf16', 'fp16', or 'auto': bf16 where it is native (CPUs with
     # AVX512-BF16 or AMX, CUDA GPUs with bf16), fp16 on older GPUs, float32 on
     # other CPUs (where bf16 is emulated and many times slower than float32).
@@ -160,7 +185,9 @@ class Config:
 
 
 def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    if typing.get_origin(tp) is None and hasattr(tp, "__name__"):
+        return tp.__name__  # int, not <class 'int'>
+    return str(tp).replace("typing.", "")  # the whole annotation: Optional[int], list[float], int | None
 
 
 def _convert(value: Any, tp: Any, key: str) -> Any:
@@ -172,14 +199,13 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _convert(value, arg, key)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                pass
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         if value not in args:
@@ -189,16 +215,32 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping of {sorted(f.name for f in dataclasses.fields(tp))}, got {value!r}")
         return _build(tp, value, key)
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        (item_tp,) = args or (Any,)
-        return [_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (list, tuple, collections.abc.Sequence):
+        return _convert_sequence(value, origin, args, key)
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         k_tp, v_tp = args or (Any, Any)
         return {_convert(k, k_tp, key): _convert(v, v_tp, f"{key}.{k}") for k, v in value.items()}
+    return _convert_scalar(value, tp, key)
+
+
+def _convert_sequence(value: Any, origin: type, args: tuple, key: str) -> Any:
+    """A list (YAML's only sequence) for ``list[T]``, ``tuple[T, ...]``, ``tuple[A, B]`` or ``Sequence[T]``."""
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{key}: expected a list, got {value!r}")
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
+        item_types = args
+    else:
+        item_types = (args[0] if args else Any,) * len(value)
+    items = [_convert(v, t, f"{key}[{i}]") for i, (v, t) in enumerate(zip(value, item_types))]
+    # A config list stays a list; a tuple given from Python stays a tuple (the model spec records it as given).
+    return items if origin is list or isinstance(value, list) else tuple(items)
+
+
+def _convert_scalar(value: Any, tp: Any, key: str) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -222,7 +264,11 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, str):
             return value
         raise ConfigError(f"{key}: expected str, got {value!r}")
-    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
+    # Any other class (a model builder may take one, given from Python, never from YAML): an instance of it.
+    kind = typing.get_origin(tp) or tp
+    if isinstance(kind, type) and isinstance(value, kind):
+        return value
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
 
 
 def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
@@ -270,6 +316,7 @@ def _above(n: float) -> tuple[Any, str]:
 
 _FRACTION = ((lambda v: 0 < v <= 1), "a number in (0, 1]")
 _COEFFICIENT = ((lambda v: 0 <= v < 1), "a number in [0, 1)")
+_OPEN_UNIT = ((lambda v: 0 < v < 1), "a number in (0, 1)")
 
 # Checked when a config loads, so a zero batch size or a negative epoch count
 # fails naming the key instead of dividing by zero (or training nothing) later.
@@ -288,7 +335,8 @@ RANGES: dict[str, tuple[Any, str]] = {
     "train.time_budget_minutes": _above(0), "train.val_every": _at_least(1), "train.save_every": _at_least(1),
     "train.checkpoint_every_steps": _at_least(0), "train.keep_checkpoints": _at_least(1),
     "train.bn_momentum": _FRACTION, "train.grad_accum": _at_least(1), "train.log_every": _at_least(1),
-    "train.grad_clip": _above(0), "train.threads": _at_least(1),
+    "train.grad_clip": _above(0), "train.threads": _at_least(1), "train.early_stop": _at_least(1),
+    "train.ema_decay": _OPEN_UNIT,
 }
 
 
@@ -305,11 +353,52 @@ def check_ranges(cfg: Config) -> Config:
     low, high = cfg.data.scale_range if len(cfg.data.scale_range) == 2 else (None, None)
     if low is None or low > high:
         raise ConfigError(f"data.scale_range: expected [low, high] with low <= high, got {cfg.data.scale_range}")
+    if cfg.train.early_stop is not None and not cfg.data.val_split:
+        raise ConfigError(f"train.early_stop={cfg.train.early_stop} counts validation rounds, but data.val_split "
+                          f"is empty: name a validation split or set train.early_stop=null")
     return cfg
 
 
+def check_model_args(cfg: Config) -> Config:
+    """Check ``model.args`` against the builder's signature and annotations, naming the key that does not fit.
+
+    ``output_stride: "16"`` then fails here (``model.args.output_stride:
+    expected int, got '16'``) instead of deep inside the model. Ints pass for
+    floats, lists for tuples and sequences, None where the annotation allows it.
+    """
+    from imseg.models.registry import model_info  # imported here: the model zoo pulls in torch
+
+    try:
+        builder = model_info(cfg.model.name).builder
+    except ValueError as e:
+        raise ConfigError(f"model.name: {e}") from None
+    accepted = [p.name for p in inspect.signature(builder).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    try:
+        hints = typing.get_type_hints(builder)
+    except (NameError, TypeError, AttributeError):  # an annotation that cannot be resolved here: create_model still checks names
+        hints = {}
+    args = {}
+    for name, value in cfg.model.args.items():
+        if name not in accepted:
+            raise ConfigError(f"unknown config key 'model.args.{name}'; model {cfg.model.name!r} accepts: "
+                              f"{', '.join(sorted(accepted)) or 'no arguments'}")
+        args[name] = _convert(value, hints.get(name, Any), f"model.args.{name}")
+    cfg.model.args = args
+    return cfg
+
+
+def check_config(cfg: Config) -> Config:
+    """Every load-time check (ranges, model arguments), for a config built or edited in Python."""
+    return check_model_args(check_ranges(cfg))
+
+
 def config_from_dict(raw: dict[str, Any]) -> Config:
-    return check_ranges(_build(Config, raw or {}))
+    return check_config(_build(Config, raw or {}))
+
+
+def data_config(raw: dict[str, Any]) -> DataConfig:
+    """A checked `DataConfig` from a mapping of its fields (the ``data`` section alone)."""
+    return check_ranges(Config(data=_build(DataConfig, dict(raw), "data"))).data
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

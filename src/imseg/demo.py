@@ -22,7 +22,7 @@ DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo_camvid.yaml"
 
 def run_demo(data_root: str | None = None, out_dir: str = "runs/demo", config: str | None = None,
              overrides: list[str] | None = None) -> int:
-    from imseg.cli import run_eval
+    from imseg.engine.eval_run import run_eval
     from imseg.config import load_config
     from imseg.data import DataError, find_camvid_root
     from imseg.engine.checkpoint import load_model

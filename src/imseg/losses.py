@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imseg.models.registry import SegOutput
+from imseg.outputs import SegOutput
 
 __all__ = [
     "BoundaryLoss",

@@ -138,3 +138,46 @@ def describe(info: dict | None = None) -> str:
     if "matmul_fp32_gflops" in info:
         text += f", fp32 matmul {info['matmul_fp32_gflops']:.0f} GFLOP/s"
     return text
+
+
+def versions(*extra: str) -> dict:
+    """The versions a benchmark result depends on (plus the ``extra`` packages, where installed) and the
+    git commit of the code that ran, for the ``versions`` field of every JSON in benchmarks/results/."""
+    import importlib
+    import subprocess
+
+    import torchvision
+
+    import imseg
+
+    found = {"torch": torch.__version__, "torchvision": torchvision.__version__, "imseg": imseg.__version__,
+             "python": sys.version.split()[0]}
+    for name in extra:
+        try:
+            found[name] = importlib.import_module(name).__version__
+        except ImportError:
+            found[name] = None
+    try:
+        found["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+                                             capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        found["git_commit"] = None  # an installed copy, not a checkout
+    return found
+
+
+def data_seconds_per_image(root: str | None = None, samples: int = 16, color_jitter: float = 0.0) -> float | None:
+    """Seconds one CamVid training sample takes to load and augment (360x480 crops, scale 0.5-2, flip),
+    the data pipeline's share of a training step; None without CamVid."""
+    from imseg.config import DataConfig
+    from imseg.data import DataError, build_dataset
+
+    cfg = DataConfig(name="camvid", root=root, crop_size=[360, 480], scale_range=[0.5, 2.0], hflip=True,
+                     color_jitter=color_jitter)
+    try:
+        ds = build_dataset(cfg, "train", train=True)
+    except DataError:
+        return None
+    start = time.perf_counter()
+    for i in range(samples):
+        ds[i]
+    return (time.perf_counter() - start) / samples

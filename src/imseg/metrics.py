@@ -10,7 +10,6 @@ import math
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 

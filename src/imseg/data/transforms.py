@@ -12,12 +12,15 @@ the DataLoader does per worker from its base seed, makes a run reproducible.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
+
+if TYPE_CHECKING:
+    from imseg.config import DataConfig
 
 
 def _pair(size: Sequence[int] | int | None, what: str) -> tuple[int, int] | None:
@@ -116,27 +119,32 @@ class JointTransform:
                 # (0.4, 0.4, 0.4, 0.1): hue is far more destructive than the rest.
                 s = float(color_jitter)
                 steps.append(v2.ColorJitter(brightness=s, contrast=s, saturation=s, hue=min(0.5, s / 4)))
+        self.jitters = train and color_jitter > 0
         self.pipeline = v2.Compose(steps) if steps else None
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.pipeline is not None:
+            if self.jitters and (image.dtype != torch.uint8 or image.shape[0] != 3):
+                raise ValueError(f"data.color_jitter works on 8-bit RGB images, but this one is {image.shape[0]}-band "
+                                 f"{str(image.dtype).replace('torch.', '')}: set data.color_jitter: 0")
             image, mask = self.pipeline(tv_tensors.Image(image), tv_tensors.Mask(mask))
         # Plain tensors out: tv_tensor subclasses would leak into collate and
-        # user code, where their unwrapping rules surprise people.
-        return image.as_subclass(torch.Tensor).to(torch.uint8), mask.as_subclass(torch.Tensor).to(torch.int64)
+        # user code, where their unwrapping rules surprise people. The image keeps
+        # its dtype: uint8 for 8-bit files, float32 for deeper ones.
+        return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor).to(torch.int64)
 
     def __repr__(self) -> str:
         return f"JointTransform(train={self.train}, {self.pipeline!r})"
 
 
-def build_transform(cfg: Any, train: bool) -> JointTransform:
-    """The JointTransform described by a DataConfig-like object (attribute access only)."""
+def build_transform(cfg: "DataConfig", train: bool) -> JointTransform:
+    """The JointTransform a `DataConfig` describes."""
     return JointTransform(
         train,
-        crop_size=getattr(cfg, "crop_size", None),
-        scale_range=getattr(cfg, "scale_range", None),
-        train_size=getattr(cfg, "train_size", None),
-        hflip=bool(getattr(cfg, "hflip", True)),
-        color_jitter=float(getattr(cfg, "color_jitter", 0.0) or 0.0),
-        ignore_index=int(getattr(cfg, "ignore_index", 255)),
+        crop_size=cfg.crop_size,
+        scale_range=cfg.scale_range,
+        train_size=cfg.train_size,
+        hflip=cfg.hflip,
+        color_jitter=float(cfg.color_jitter),
+        ignore_index=cfg.ignore_index,
     )

@@ -128,7 +128,7 @@ def _keep_rehearsing(times: list[float], seconds: float) -> bool:
     return bool(_agree(float(sum(times) < seconds and len(times) < MAX_REHEARSAL_STEPS)))
 
 
-def rehearse_step_seconds(loader: Iterable, run_batch: Callable, finish_step: Callable, accum: int,
+def rehearse_step_seconds(loader: Iterable, run_step: Callable[[list], None], accum: int,
                           restore: dict[str, Any], seconds: float = 0.0) -> float:
     """Median seconds per optimiser step over the later half of real steps run for about ``seconds``
     (see REHEARSAL_SHARE); ``restore`` is put back after."""
@@ -138,9 +138,7 @@ def rehearse_step_seconds(loader: Iterable, run_batch: Callable, finish_step: Ca
         batches = _batches(loader, MAX_REHEARSAL_STEPS * accum)
         while _keep_rehearsing(times, seconds):
             start = _clock()
-            for _ in range(accum):
-                run_batch(*next(batches))
-            finish_step()
+            run_step([next(batches) for _ in range(accum)])  # loading the batches is part of a step's time
             times.append(_clock() - start)
     finally:
         _restore(restore, saved)
@@ -148,20 +146,20 @@ def rehearse_step_seconds(loader: Iterable, run_batch: Callable, finish_step: Ca
     return _agree(statistics.median(times[warm:]))
 
 
-def plan(budget_minutes: float, *, loader: Iterable, run_batch: Callable, finish_step: Callable, accum: int,
+def plan(budget_minutes: float, *, loader: Iterable, run_step: Callable[[list], None], accum: int,
          restore: dict[str, Any], validate: Callable[[], float] | None, val_every: int,
          steps_per_epoch: int) -> BudgetPlan:
     """Rehearse, then the step count that fits ``budget_minutes``.
 
-    ``run_batch(images, masks)`` runs forward and backward on one batch,
-    ``finish_step()`` the optimiser step; ``validate()`` returns the seconds a
+    ``run_step(batches)`` runs one optimiser step on ``accum`` (images,
+    masks) batches, as training does; ``validate()`` returns the seconds a
     whole validation pass would take (None: no validation); ``restore`` names
-    the objects with state (model, optimiser, scaler) the rehearsal changes.
+    the objects with state (model, optimiser, scaler, EMA) the rehearsal changes.
     """
     if not budget_minutes > 0:
         raise ValueError(f"train.time_budget_minutes must be > 0, got {budget_minutes}")
     start = _clock()
-    step_seconds = rehearse_step_seconds(loader, run_batch, finish_step, accum, restore,
+    step_seconds = rehearse_step_seconds(loader, run_step, accum, restore,
                                          seconds=REHEARSAL_SHARE * budget_minutes * 60)
     val_seconds = _agree(validate()) if validate is not None else 0.0
     rehearsal = _clock() - start

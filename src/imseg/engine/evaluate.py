@@ -45,18 +45,21 @@ def evaluate(
     images_seen = 0
     image_scores: list[float | None] = []
     total = len(loader) if hasattr(loader, "__len__") else None
-    for images, masks in progress_bar(loader, desc, enabled=progress, total=total):
-        images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
-        logits = infer_logits(model, images, inference)
-        pred = logits.argmax(1)
-        cm.update(pred, masks)
-        if per_image:
-            image_scores.extend(_per_image_miou(pred, masks, num_classes, ignore_index))
-        if bf1 is not None:
-            bf1.update(pred, masks)
-        if ece is not None:
-            ece.update(logits, masks)
-        images_seen += images.shape[0]
+    for batch_images, batch_masks in progress_bar(loader, desc, enabled=progress, total=total):
+        # A list: images of different sizes (see imseg.data.collate), scored one by one.
+        pieces = zip(batch_images, batch_masks) if isinstance(batch_images, list) else [(batch_images, batch_masks)]
+        for images, masks in pieces:
+            images, masks = _as_batch(images).to(device, non_blocking=True), _as_batch(masks, 2).to(device)
+            logits = infer_logits(model, images, inference)
+            pred = logits.argmax(1)
+            cm.update(pred, masks)
+            if per_image:
+                image_scores.extend(_per_image_miou(pred, masks, num_classes, ignore_index))
+            if bf1 is not None:
+                bf1.update(pred, masks)
+            if ece is not None:
+                ece.update(logits, masks)
+            images_seen += images.shape[0]
     model.train(was_training)
     # Under torchrun each process saw its own shard: the confusion matrix is
     # summed by torchmetrics on compute(); the other sums are reduced here.
@@ -78,6 +81,10 @@ def evaluate(
     if per_image:
         scores["per_image_miou"] = image_scores
     return scores
+
+
+def _as_batch(x: torch.Tensor, sample_dims: int = 3) -> torch.Tensor:
+    return x.unsqueeze(0) if x.ndim == sample_dims else x
 
 
 def _per_image_miou(pred: torch.Tensor, target: torch.Tensor, k: int, ignore_index: int) -> list[float | None]:

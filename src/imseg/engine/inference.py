@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from imseg.engine.runtime import autocast
-from imseg.models.registry import main_logits
+from imseg.outputs import main_logits
 from imseg.preprocessing import Preprocessing
 
 FALLBACK_WINDOW = (512, 512)

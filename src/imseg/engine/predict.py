@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from imseg.data.base import DataError, load_image
 from imseg.data.palette import overlay
 from imseg.engine.inference import Inference, infer_logits, inference_from_config
 
@@ -23,10 +24,11 @@ def _to_tensor(image: ImageLike, channels: int) -> torch.Tensor:
         if not path.is_file():
             raise FileNotFoundError(f"image {path} does not exist")
         try:
-            with Image.open(path) as im:
-                image = im.convert("RGB" if channels == 3 else "L") if channels in (1, 3) else np.array(im)
-        except OSError as e:
-            raise ValueError(f"cannot read image {path}: {e}") from e
+            image = load_image(path)  # upright, 8-bit as RGB, deeper data with its values: as training read it
+        except DataError as e:
+            raise ValueError(str(e)) from None
+        if channels == 1 and image.shape[-1] == 3 and image.dtype == np.uint8:
+            image = np.asarray(Image.fromarray(image).convert("L"))
     if isinstance(image, Image.Image):
         image = np.asarray(image.convert("RGB" if channels == 3 else "L") if channels in (1, 3) else image)
     if isinstance(image, np.ndarray):
@@ -113,7 +115,7 @@ def predict_uncertainty(model: nn.Module, image: ImageLike, samples: int,
     """
     import torch.nn.functional as F
 
-    from imseg.models.segnet import mc_dropout_predict
+    from imseg.uncertainty import mc_dropout_predict
 
     inference = inference or model_inference(model)
     device = next(model.parameters()).device
@@ -170,9 +172,18 @@ def predict_files(model: nn.Module, inputs: Iterable[str | Path], out_dir: str |
 
 
 def _read_rgb(path: Path) -> Image.Image:
-    with Image.open(path) as im:
-        im.load()  # decode now: a truncated file fails here, before anything is written for it
-        return im.convert("RGB")
+    """The picture to draw the overlay on: 8-bit RGB as it is; other data (16-bit, multi-band) from its first
+    three bands (or its one band), each stretched between its 2nd and 98th percentile."""
+    try:
+        image = load_image(path)  # decodes now: a bad file fails here, before anything is written for it
+    except DataError as e:
+        raise OSError(str(e)) from None
+    if image.dtype == np.uint8 and image.shape[-1] == 3:
+        return Image.fromarray(image)
+    bands = image[..., :3] if image.shape[-1] >= 3 else np.repeat(image[..., :1], 3, -1)
+    low, high = np.percentile(bands, 2, axis=(0, 1)), np.percentile(bands, 98, axis=(0, 1))
+    stretched = (bands.astype(np.float32) - low) / np.maximum(high - low, 1e-6)
+    return Image.fromarray((np.clip(stretched, 0, 1) * 255).astype(np.uint8))
 
 
 OUTPUT_SUFFIXES = ("", "_overlay", "_entropy")

@@ -1,12 +1,14 @@
 """Models: one registry of builders, encoders behind one contract, shared layers.
 
-Importing this package registers every built-in model.
+Importing this package registers every built-in model; each is a
+`SegmentationModel` (base.py), and every encoder keeps one contract (encoder_base.py).
 """
 from imseg.models import deeplab, fcn, lraspp, unet  # noqa: F401  (registration side effect)
 from imseg.models import dpc, xception  # noqa: F401  (DeepLab family: DPC model, aligned Xception encoders)
 from imseg.models import gcn, pan, pspnet, refinenet  # noqa: F401  (registration side effect)
 from imseg.models import deconvnet, segnet, unet_original  # noqa: F401  (registration side effect)
 from imseg.models import autodeeplab, fdnet, hrnet  # noqa: F401  (registration side effect)
+from imseg.models.base import SegmentationModel
 from imseg.models.encoders import Encoder, build_encoder, list_encoders
 from imseg.models.registry import (
     SegOutput,
@@ -21,6 +23,7 @@ from imseg.models.registry import (
 __all__ = [
     "Encoder",
     "SegOutput",
+    "SegmentationModel",
     "build_encoder",
     "create_model",
     "list_encoders",

@@ -29,7 +29,7 @@ input (which equals TF's ``(d - 1) * scale + 1`` on its 8k+1 crop sizes).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +37,7 @@ from torch import nn
 
 from imseg.models.deeplab import DeepLabV3Plus
 from imseg.models.encoders import Encoder
-from imseg.models.registry import register_model
+from imseg.models.registry import register_variant
 from imseg.preprocessing import Preprocessing
 
 # Level of each of the 12 cells (0 = stride 4, 1 = 8, 2 = 16, 3 = 32): the TF ``hnasnet`` backbone.
@@ -169,11 +169,19 @@ class AutoDeepLabBackbone(Encoder):
         drop_path_keep_prob: float = 1.0,
         drop_path_total_steps: int = 500_000,
     ) -> None:
-        super().__init__()
         if not 0.0 < drop_path_keep_prob <= 1.0:
             raise ValueError(f"drop_path_keep_prob must be in (0, 1], got {drop_path_keep_prob!r}")
         if drop_path_total_steps < 1:
             raise ValueError(f"drop_path_total_steps must be positive, got {drop_path_total_steps!r}")
+        # A cell at level l outputs its 5 blocks of filters * 2**l channels each.
+        super().__init__(
+            name=name,
+            in_channels=in_channels,
+            channels=[5 * filters * 2 ** PATH[LOW_LEVEL_CELL], 5 * filters * 2 ** PATH[-1]],
+            strides=[4 * 2 ** PATH[LOW_LEVEL_CELL], 4 * 2 ** PATH[-1]],
+            output_stride=4 * 2 ** PATH[-1],
+            preprocessing=AUTODEEPLAB_PREPROCESSING.for_channels(in_channels),
+        )
         # Stem (TF _nas_stem): the pre-ReLU stride-2 map is cell 0's h1, the stride-4 map its h0.
         self.stem0 = nn.Sequential(nn.Conv2d(in_channels, 64, 3, 2, 1, bias=False), _bn(64), nn.ReLU(inplace=True))
         self.stem1 = nn.Sequential(nn.Conv2d(64, 64, 3, 1, 1, bias=False), _bn(64))
@@ -200,13 +208,6 @@ class AutoDeepLabBackbone(Encoder):
         if drop_path_keep_prob < 1.0:
             self.register_buffer("drop_path_step", torch.zeros((), dtype=torch.long))
 
-        self.name = name
-        self.in_channels = in_channels
-        self.output_stride = 4 * 2 ** PATH[-1]
-        self.channels = [cells[LOW_LEVEL_CELL].out_channels, cells[-1].out_channels]
-        self.strides = [4 * 2 ** PATH[LOW_LEVEL_CELL], self.output_stride]
-        self.preprocessing = AUTODEEPLAB_PREPROCESSING.for_channels(in_channels)
-
     def _keep_probs(self) -> list[torch.Tensor | None]:
         if not self.training or self.drop_path_keep_prob >= 1.0:
             return [None] * len(self.cells)
@@ -231,79 +232,44 @@ class AutoDeepLabBackbone(Encoder):
         return [low, F.relu(h0)]
 
 
-def _build(
-    name: str,
-    filters: int,
-    num_classes: int,
-    in_channels: int,
-    aspp_rates: Sequence[int],
-    drop_path_keep_prob: float,
-    drop_path_total_steps: int,
-) -> nn.Module:
-    backbone = AutoDeepLabBackbone(name, filters, in_channels, drop_path_keep_prob, drop_path_total_steps)
-    model = DeepLabV3Plus(backbone, num_classes, aspp_rates=tuple(aspp_rates), separable=False, aux=False)
-    model.preprocessing = backbone.preprocessing
-    return model
-
-
 _PAPER = (
     "Liu, Chen, Schroff, Adam, Hua, Yuille, Fei-Fei: Auto-DeepLab: Hierarchical Neural Architecture Search "
     "for Semantic Image Segmentation"
 )
+# S / M / L differ only in F, the filters per op of a stride-4 cell: one builder signature, one row each.
+_VARIANTS = {
+    "autodeeplab_s": (20, dict(
+        published="10.15M params; Cityscapes val 79.74 mIoU",
+        summary="Searched network-level path (12 cells, strides 4..32, output stride 8) and cell, F=20, "
+        "trained from scratch with ASPP + DeepLabv3+ decoder (10.15M params published).",
+    )),
+    "autodeeplab_m": (32, dict(
+        published="21.62M params; Cityscapes val 80.04 mIoU",
+        summary="Auto-DeepLab-M: the searched 12-cell path and cell with F=32, ASPP + DeepLabv3+ decoder, "
+        "output stride 8 (21.62M params published).",
+    )),
+    "autodeeplab_l": (48, dict(
+        published="44.42M params; Cityscapes val 80.33 mIoU",
+        summary="Auto-DeepLab-L: the searched 12-cell path and cell with F=48, ASPP + DeepLabv3+ decoder, "
+        "output stride 8 (44.42M params published).",
+    )),
+}  # fmt: skip
 
 
-@register_model(
-    "autodeeplab_s",
-    published="10.15M params; Cityscapes val 79.74 mIoU",
-    paper=_PAPER,
-    year=2019,
-    summary="Searched network-level path (12 cells, strides 4..32, output stride 8) and cell, F=20, "
-    "trained from scratch with ASPP + DeepLabv3+ decoder (10.15M params published).",
-)
-def autodeeplab_s(
-    num_classes: int,
-    *,
-    in_channels: int = 3,
-    aspp_rates: tuple[int, ...] = (12, 24, 36),
-    drop_path_keep_prob: float = 1.0,
-    drop_path_total_steps: int = 500_000,
-) -> nn.Module:
-    return _build("autodeeplab_s", 20, num_classes, in_channels, aspp_rates, drop_path_keep_prob, drop_path_total_steps)
+def _autodeeplab_builder(name: str, filters: int) -> Callable[..., DeepLabV3Plus]:
+    def build(
+        num_classes: int,
+        *,
+        in_channels: int = 3,
+        aspp_rates: tuple[int, ...] = (12, 24, 36),
+        drop_path_keep_prob: float = 1.0,
+        drop_path_total_steps: int = 500_000,
+    ) -> DeepLabV3Plus:
+        backbone = AutoDeepLabBackbone(name, filters, in_channels, drop_path_keep_prob, drop_path_total_steps)
+        return DeepLabV3Plus(backbone, num_classes, aspp_rates=tuple(aspp_rates), separable=False, aux=False)
+
+    return build
 
 
-@register_model(
-    "autodeeplab_m",
-    published="21.62M params; Cityscapes val 80.04 mIoU",
-    paper=_PAPER,
-    year=2019,
-    summary="Auto-DeepLab-M: the searched 12-cell path and cell with F=32, ASPP + DeepLabv3+ decoder, "
-    "output stride 8 (21.62M params published).",
-)
-def autodeeplab_m(
-    num_classes: int,
-    *,
-    in_channels: int = 3,
-    aspp_rates: tuple[int, ...] = (12, 24, 36),
-    drop_path_keep_prob: float = 1.0,
-    drop_path_total_steps: int = 500_000,
-) -> nn.Module:
-    return _build("autodeeplab_m", 32, num_classes, in_channels, aspp_rates, drop_path_keep_prob, drop_path_total_steps)
-
-
-@register_model(
-    "autodeeplab_l",
-    published="44.42M params; Cityscapes val 80.33 mIoU",
-    paper=_PAPER,
-    year=2019,
-    summary="Auto-DeepLab-L: the searched 12-cell path and cell with F=48, ASPP + DeepLabv3+ decoder, "
-    "output stride 8 (44.42M params published).",
-)
-def autodeeplab_l(
-    num_classes: int,
-    *,
-    in_channels: int = 3,
-    aspp_rates: tuple[int, ...] = (12, 24, 36),
-    drop_path_keep_prob: float = 1.0,
-    drop_path_total_steps: int = 500_000,
-) -> nn.Module:
-    return _build("autodeeplab_l", 48, num_classes, in_channels, aspp_rates, drop_path_keep_prob, drop_path_total_steps)
+for _name, (_filters, _facts) in _VARIANTS.items():
+    register_variant(_name, _autodeeplab_builder(_name, _filters), paper=_PAPER, year=2019, **_facts)

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from imseg.models.base import SegmentationModel
 from imseg.models.encoders import Encoder, build_encoder
 from imseg.models.layers import crop_padding, init_weights
 from imseg.models.registry import register_model
@@ -55,12 +56,11 @@ def _layer_bn_relu(layer: nn.Module, channels: int) -> nn.Sequential:
     return nn.Sequential(layer, nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
 
 
-class DeconvNet(nn.Module):
+class DeconvNet(SegmentationModel):
     def __init__(self, encoder: Encoder, num_classes: int, fc_channels: int = 4096) -> None:
-        super().__init__()
         # The switches come from the encoder's own max pools, so it must be a VGG-like
         # `features` Sequential (torchvision's vgg16_bn here).
-        self.encoder = encoder
+        super().__init__(encoder)
         self.pool_positions = [i for i, m in enumerate(encoder.features) if isinstance(m, nn.MaxPool2d)]
         top = encoder.channels[-1]
 
@@ -153,5 +153,4 @@ def deconvnet(
     # With VGG ImageNet weights, fc6/fc7 start from the ImageNet classifier as in the paper.
     model.load_fc_from_classifier(enc.classifier_state)
     enc.classifier_state = {}  # ~500 MB: not kept around
-    model.preprocessing = enc.preprocessing.for_channels(in_channels)
     return model

@@ -37,27 +37,13 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from imseg.models.encoders import Encoder, ResNetEncoder, build_encoder, load_checked, read_state_dict
+from imseg.models.base import SegmentationModel
+from imseg.models.encoders import Encoder, build_encoder, check_output_stride, torchvision_taps
 from imseg.models.layers import ASPP, ConvBNAct, FCNHead, SeparableConvBNAct, init_weights, resize_to
-from imseg.models.lraspp import tap_first_block_at_stride
-from imseg.models.registry import SegOutput, create_model, register_model
-
-
-def _encoder(
-    model: str,
-    name: str,
-    in_channels: int,
-    output_stride: int,
-    weights: str | None,
-    allowed: Sequence[int],
-    keep_classifier: bool = False,
-) -> Encoder:
-    if output_stride not in allowed:
-        choices = " or ".join(str(s) for s in allowed)
-        raise ValueError(f"{model} uses output_stride {choices}, got {output_stride!r}")
-    return build_encoder(
-        name, in_channels=in_channels, output_stride=output_stride, weights=weights, keep_classifier=keep_classifier
-    )
+from imseg.models.registry import create_model, register_model
+from imseg.models.torchvision_encoders import ResNetEncoder
+from imseg.models.weights import load_checked, state_and_source
+from imseg.outputs import SegOutput
 
 
 def _scaled_rates(rates: Sequence[int], reference_stride: int, output_stride: int) -> tuple[int, ...]:
@@ -137,15 +123,14 @@ class LargeFOVHead(nn.Module):
         return self.fc8(x)
 
 
-class DeepLabV2(nn.Module):
+class DeepLabV2(SegmentationModel):
     """Encoder -> parallel atrous branches on its last map, class scores summed -> bilinear upsampling.
 
     DeepLab v1 LargeFOV is the one-branch case (a single LargeFOV head at rate 12).
     """
 
     def __init__(self, encoder: Encoder, branches: Sequence[nn.Module]) -> None:
-        super().__init__()
-        self.encoder = encoder
+        super().__init__(encoder)
         self.branches = nn.ModuleList(branches)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -181,13 +166,13 @@ def deeplabv1(
     rate: int = 12,
     fc_channels: int = 1024,
 ) -> nn.Module:
-    enc = _encoder("DeepLab v1", encoder, in_channels, 8, encoder_weights, (8,), keep_classifier=True)
+    enc = build_encoder(
+        encoder, in_channels=in_channels, output_stride=8, weights=encoder_weights, keep_classifier=True
+    )
     use_deeplab_pooling(enc)
     head = LargeFOVHead(enc.channels[-1], num_classes, rate, fc_channels)
     _init_from_vgg_classifier(enc, [head])
-    model = DeepLabV2(enc, [head])
-    model.preprocessing = enc.preprocessing.for_channels(in_channels)
-    return model
+    return DeepLabV2(enc, [head])
 
 
 @register_model(
@@ -209,7 +194,10 @@ def deeplabv2(
     rates: tuple[int, ...] = (6, 12, 18, 24),
     branch_channels: int | None = None,
 ) -> nn.Module:
-    enc = _encoder("DeepLab v2", encoder, in_channels, output_stride, encoder_weights, (8, 16), keep_classifier=True)
+    check_output_stride("DeepLab v2", output_stride, (8, 16))
+    enc = build_encoder(
+        encoder, in_channels=in_channels, output_stride=output_stride, weights=encoder_weights, keep_classifier=True
+    )
     use_deeplab_pooling(enc)
     # The paper's rates are for output stride 8; at 16 they are halved to cover the same image area.
     scaled = _scaled_rates(rates, 8, output_stride)
@@ -222,9 +210,7 @@ def deeplabv2(
     else:
         branches = [LargeFOVHead(channels, num_classes, r, branch_channels) for r in scaled]
     _init_from_vgg_classifier(enc, [b for b in branches if isinstance(b, LargeFOVHead)])
-    model = DeepLabV2(enc, branches)
-    model.preprocessing = enc.preprocessing.for_channels(in_channels)
-    return model
+    return DeepLabV2(enc, branches)
 
 
 # --------------------------------------------------------------------------- v3
@@ -252,7 +238,7 @@ def apply_multi_grid(encoder: Encoder, grid: Sequence[int]) -> None:
                 conv.dilation, conv.padding = (rate, rate), (rate, rate)
 
 
-class DeepLabV3(nn.Module):
+class DeepLabV3(SegmentationModel):
     """Encoder -> ASPP (256) [-> torchvision's extra 3x3 conv] -> 1x1 classifier -> bilinear upsampling."""
 
     def __init__(
@@ -264,8 +250,7 @@ class DeepLabV3(nn.Module):
         aux: bool = False,
         aux_index: int = -2,
     ) -> None:
-        super().__init__()
-        self.encoder = encoder
+        super().__init__(encoder)
         self.aspp = ASPP(encoder.channels[-1], 256, aspp_rates, dropout=0.1)
         self.head = ConvBNAct(256, 256, 3) if head_conv else None
         self.classifier = nn.Conv2d(256, num_classes, 1)
@@ -320,16 +305,17 @@ def deeplabv3(
             stride; None: the penultimate map (ResNet layer3, as torchvision).
             torchvision's MobileNetV3 model uses 8 (the first stride-8 block).
     """
-    enc = _encoder("DeepLabv3", encoder, in_channels, output_stride, encoder_weights, (16, 8))
-    # torchvision reads MobileNetV3's stride-8 map at the first block of the stage (no-op for others).
-    tap_first_block_at_stride(enc, 8)
+    check_output_stride("DeepLabv3", output_stride, (16, 8))
+    # torchvision reads MobileNetV3's stride-8 map at the first block of the stage (the default for others).
+    taps = torchvision_taps(encoder, output_stride)
+    enc = build_encoder(
+        encoder, in_channels=in_channels, output_stride=output_stride, weights=encoder_weights, taps=taps
+    )
     if multi_grid is not None:
         apply_multi_grid(enc, multi_grid)
     rates = tuple(aspp_rates) if aspp_rates is not None else _scaled_rates((6, 12, 18), 16, output_stride)
     aux_index = -2 if aux_stride is None else enc.feature_index(aux_stride)
-    model = DeepLabV3(enc, num_classes, rates, head_conv=head_conv, aux=aux, aux_index=aux_index)
-    model.preprocessing = enc.preprocessing.for_channels(in_channels)
-    return model
+    return DeepLabV3(enc, num_classes, rates, head_conv=head_conv, aux=aux, aux_index=aux_index)
 
 
 # torchvision DeepLabV3 state-dict prefixes -> ours (first match wins). Their ASPP / FCNHead are flat
@@ -367,10 +353,7 @@ def deeplabv3_from_torchvision(source: str | os.PathLike | Mapping[str, torch.Te
     model in train mode, like `create_model`; in eval mode its logits equal
     torchvision's ``model(x)["out"]``.
     """
-    if isinstance(source, Mapping):
-        state, where = dict(source), "the given state dict"
-    else:
-        state, where = read_state_dict(source), str(source)
+    state, where = state_and_source(source)
     if "classifier.4.weight" not in state or "classifier.0.project.0.weight" not in state:
         raise ValueError(f"{where} is not a torchvision DeepLabV3 state dict (no classifier.0.project / classifier.4)")
     num_classes = state["classifier.4.weight"].shape[0]
@@ -398,7 +381,7 @@ def deeplabv3_from_torchvision(source: str | os.PathLike | Mapping[str, torch.Te
 # --------------------------------------------------------------------------- v3+
 
 
-class DeepLabV3PlusBase(nn.Module, abc.ABC):
+class DeepLabV3PlusBase(SegmentationModel, abc.ABC):
     """Encoder -> context module on its last map (256 ch) -> DeepLabv3+ decoder at stride 4.
 
     Subclasses add the context module (ASPP, DPC) and say how to apply it in `context`.
@@ -408,8 +391,7 @@ class DeepLabV3PlusBase(nn.Module, abc.ABC):
     """
 
     def __init__(self, encoder: Encoder, num_classes: int, separable: bool = False, aux: bool = False) -> None:
-        super().__init__()
-        self.encoder = encoder
+        super().__init__(encoder)
         self.low_index = encoder.feature_index(4)
         low_channels = encoder.channels[self.low_index]
         conv3x3 = SeparableConvBNAct if separable else ConvBNAct
@@ -475,8 +457,7 @@ def deeplabv3plus(
     aux: bool = False,
 ) -> nn.Module:
     """DeepLabv3+. The paper's model is ``encoder="xception65", separable=True`` (aligned Xception-65)."""
-    enc = _encoder("DeepLabv3+", encoder, in_channels, output_stride, encoder_weights, (16, 8))
+    check_output_stride("DeepLabv3+", output_stride, (16, 8))
+    enc = build_encoder(encoder, in_channels=in_channels, output_stride=output_stride, weights=encoder_weights)
     rates = _scaled_rates((6, 12, 18), 16, output_stride)
-    model = DeepLabV3Plus(enc, num_classes, aspp_rates=rates, separable=separable, aux=aux)
-    model.preprocessing = enc.preprocessing.for_channels(in_channels)
-    return model
+    return DeepLabV3Plus(enc, num_classes, aspp_rates=rates, separable=separable, aux=aux)

@@ -27,8 +27,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from imseg.models.deeplab import DeepLabV3PlusBase, _encoder
-from imseg.models.encoders import Encoder
+from imseg.models.deeplab import DeepLabV3PlusBase
+from imseg.models.encoders import Encoder, build_encoder, check_output_stride
 from imseg.models.layers import ConvBNAct
 from imseg.models.registry import register_model
 from imseg.models.xception import truncated_normal_
@@ -130,8 +130,7 @@ def deeplabv3plus_dpc(
     aux: bool = False,
 ) -> nn.Module:
     """DeepLabv3+ with DPC. ``separable`` (default True, as with Xception in the paper) is for the decoder convs."""
-    enc = _encoder("DeepLabv3+ DPC", encoder, in_channels, output_stride, encoder_weights, (16, 8))
+    check_output_stride("DeepLabv3+ DPC", output_stride, (16, 8))
+    enc = build_encoder(encoder, in_channels=in_channels, output_stride=output_stride, weights=encoder_weights)
     # TF's conv_rate_multiplier = 16 // output_stride: the searched rates are for output stride 16.
-    model = DeepLabV3PlusDPC(enc, num_classes, 16 // output_stride, separable=separable, aux=aux)
-    model.preprocessing = enc.preprocessing.for_channels(in_channels)
-    return model
+    return DeepLabV3PlusDPC(enc, num_classes, 16 // output_stride, separable=separable, aux=aux)

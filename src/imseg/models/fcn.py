@@ -46,15 +46,19 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Mapping
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imseg.models.encoders import Encoder, VGGEncoder, _adapt_input_conv, build_encoder, load_checked, read_state_dict
+from imseg.models.base import SegmentationModel
+from imseg.models.encoders import Encoder, build_encoder
 from imseg.models.layers import FCNHead, bilinear_kernel, crop_padding, init_weights, pad_to_multiple, resize_to
-from imseg.models.registry import SegOutput, register_model
+from imseg.models.registry import register_variant
+from imseg.models.torchvision_encoders import VGGEncoder
+from imseg.models.weights import adapt_first_conv, load_checked, state_and_source
+from imseg.outputs import SegOutput
 from imseg.preprocessing import Preprocessing
 
 GEOMETRIES = ("caffe", "padded")
@@ -112,10 +116,10 @@ class FixedBilinearUpsample(nn.Module):
         return f"{self.channels}, factor={self.factor}, padding={self.padding}"
 
 
-class FCN(nn.Module):
-    """What FCN-32s, 16s and 8s share: the encoder, fc6/fc7, score_fr and the geometry.
+class FCN(SegmentationModel):
+    """What FCN-32s, 16s and 8s share: the encoder, fc6/fc7, score_fr, the geometry and ``forward``.
 
-    Subclasses add their skip layers and write the fusion out in ``forward``.
+    Subclasses add their skip layers and write the fusion out in ``fuse``.
     """
 
     final_factor: int  # the last, fixed bilinear upsampling
@@ -129,7 +133,7 @@ class FCN(nn.Module):
         dropout: float = 0.5,
         geometry: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(encoder)
         if encoder.output_stride != 32:
             raise ValueError(f"FCN needs an encoder at output stride 32, got {encoder.output_stride}")
         if geometry is None:
@@ -145,7 +149,6 @@ class FCN(nn.Module):
             _use_caffe_geometry(encoder)
         self.geometry = geometry
         self._caffe = geometry == "caffe"
-        self.encoder = encoder
         self.num_classes = num_classes
         self.i8, self.i16, self.i32 = (encoder.feature_index(s) for s in (8, 16, 32))
 
@@ -187,6 +190,25 @@ class FCN(nn.Module):
     def _final_upsample(self) -> FixedBilinearUpsample:
         f = self.final_factor
         return FixedBilinearUpsample(self.num_classes, f, padding=0 if self._caffe else f // 2)
+
+    def _add_pool4_skip(self) -> None:
+        """The 16s skip (also the first of 8s): a learned 2x upsampler of score_fr and the pool4 scores."""
+        self.upscore2 = self._learned_upsample()
+        self.score_pool4 = self._skip_score(16)
+
+    def _fuse_pool4(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """upscore2(score_fr) + score_pool4: the 16s fusion, class scores at stride 16."""
+        y = self.upscore2(self._scores(feats[self.i32]))  # stride 32 -> 16
+        return y + self._align(self.score_pool4(feats[self.i16]), POOL4_OFFSET, y)
+
+    def fuse(self, feats: list[torch.Tensor]) -> torch.Tensor:  # pragma: no cover - overridden
+        """Class scores at the (padded) input resolution from the encoder maps."""
+        raise NotImplementedError(f"{type(self).__name__} must implement fuse")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        x, pads = self._begin(x)
+        return self._end(self.fuse(self.encoder(x)), size, pads)
 
     def _begin(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
         """Padding before the encoder: none in the caffe geometry (conv1_1 pads itself)."""
@@ -265,12 +287,8 @@ class FCN32s(FCN):
         super().__init__(encoder, num_classes, **kwargs)
         self.upscore = self._final_upsample()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = x.shape[-2:]
-        x, pads = self._begin(x)
-        feats = self.encoder(x)
-        y = self.upscore(self._scores(feats[self.i32]))
-        return self._end(y, size, pads)
+    def fuse(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        return self.upscore(self._scores(feats[self.i32]))
 
 
 class FCN16s(FCN):
@@ -280,17 +298,11 @@ class FCN16s(FCN):
 
     def __init__(self, encoder: Encoder, num_classes: int, **kwargs) -> None:
         super().__init__(encoder, num_classes, **kwargs)
-        self.upscore2 = self._learned_upsample()
-        self.score_pool4 = self._skip_score(16)
+        self._add_pool4_skip()
         self.upscore16 = self._final_upsample()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = x.shape[-2:]
-        x, pads = self._begin(x)
-        feats = self.encoder(x)
-        y = self.upscore2(self._scores(feats[self.i32]))  # stride 32 -> 16
-        y = y + self._align(self.score_pool4(feats[self.i16]), POOL4_OFFSET, y)
-        return self._end(self.upscore16(y), size, pads)  # stride 16 -> 1
+    def fuse(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        return self.upscore16(self._fuse_pool4(feats))  # stride 16 -> 1
 
 
 class FCN8s(FCN):
@@ -300,117 +312,76 @@ class FCN8s(FCN):
 
     def __init__(self, encoder: Encoder, num_classes: int, **kwargs) -> None:
         super().__init__(encoder, num_classes, **kwargs)
-        self.upscore2 = self._learned_upsample()
-        self.score_pool4 = self._skip_score(16)
+        self._add_pool4_skip()
         self.upscore_pool4 = self._learned_upsample()
         self.score_pool3 = self._skip_score(8)
         self.upscore8 = self._final_upsample()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = x.shape[-2:]
-        x, pads = self._begin(x)
-        feats = self.encoder(x)
-        y = self.upscore2(self._scores(feats[self.i32]))  # stride 32 -> 16
-        y = y + self._align(self.score_pool4(feats[self.i16]), POOL4_OFFSET, y)
-        y = self.upscore_pool4(y)  # stride 16 -> 8
+    def fuse(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        y = self.upscore_pool4(self._fuse_pool4(feats))  # stride 16 -> 8
         y = y + self._align(self.score_pool3(feats[self.i8]), POOL3_OFFSET, y)
-        return self._end(self.upscore8(y), size, pads)  # stride 8 -> 1
-
-
-def _build_vgg_fcn(
-    cls: type[FCN],
-    num_classes: int,
-    encoder: str,
-    encoder_weights: str | None,
-    in_channels: int,
-    fc_channels: int,
-    geometry: str | None,
-) -> FCN:
-    enc = build_encoder(
-        encoder, in_channels=in_channels, output_stride=32, weights=encoder_weights, keep_classifier=True
-    )
-    model = cls(enc, num_classes, fc_channels=fc_channels, geometry=geometry)
-    # With VGG ImageNet weights, fc6/fc7 start from the ImageNet classifier as in the paper.
-    if not model.load_fc_from_classifier(enc.classifier_state) and "classifier.0.weight" in enc.classifier_state:
-        warnings.warn(
-            f"the weights' VGG classifier does not fit fc6/fc7 with fc_channels={fc_channels} "
-            "(ImageNet VGG16 needs 4096): fc6/fc7 start from random weights",
-            stacklevel=3,
-        )
-    enc.classifier_state = {}  # VGG's classifier is ~500 MB: do not keep it around
-    # Preprocessing follows the encoder's weights (torchvision: RGB, ImageNet mean/std). Weights
-    # converted from the caffe releases need FCN_CAFFE_PREPROCESSING instead.
-    model.preprocessing = enc.preprocessing.for_channels(in_channels)
-    return model
+        return self.upscore8(y)  # stride 8 -> 1
 
 
 _PAPER = "Long, Shelhamer, Darrell: Fully Convolutional Networks for Semantic Segmentation"
 
-
-@register_model(
-    "fcn32s",
-    paper=_PAPER,
-    year=2015,
-    published="134M params; VOC seg11valid 63.6 mIoU (reference code)",
-    summary="VGG16 with its classifier turned into convolutions (fc6 7x7, fc7 1x1); class scores at "
-    "stride 32 upsampled 32x by a fixed bilinear deconv. Caffe geometry (pad 100, crop 19).",
-)
-def fcn32s(
-    num_classes: int,
-    *,
-    encoder: str = "vgg16",
-    encoder_weights: str | None = None,
-    in_channels: int = 3,
-    fc_channels: int = 4096,
-    geometry: str | None = None,
-) -> nn.Module:
-    return _build_vgg_fcn(FCN32s, num_classes, encoder, encoder_weights, in_channels, fc_channels, geometry)
-
-
-@register_model(
-    "fcn16s",
-    paper=_PAPER,
-    year=2015,
-    published="134M params; VOC seg11valid 65.0 mIoU (reference code)",
-    summary="FCN-32s plus a pool4 skip: learned 2x upsampling of the stride-32 scores, added to "
-    "zero-initialised pool4 scores, then a fixed 16x bilinear upsampling.",
-)
-def fcn16s(
-    num_classes: int,
-    *,
-    encoder: str = "vgg16",
-    encoder_weights: str | None = None,
-    in_channels: int = 3,
-    fc_channels: int = 4096,
-    geometry: str | None = None,
-) -> nn.Module:
-    return _build_vgg_fcn(FCN16s, num_classes, encoder, encoder_weights, in_channels, fc_channels, geometry)
+# The three released nets differ only in their skips: one builder signature, one row each.
+_VGG_FCNS: dict[str, tuple[type[FCN], dict[str, str]]] = {
+    "fcn32s": (FCN32s, dict(
+        published="134M params; VOC seg11valid 63.6 mIoU (reference code)",
+        summary="VGG16 with its classifier turned into convolutions (fc6 7x7, fc7 1x1); class scores at "
+        "stride 32 upsampled 32x by a fixed bilinear deconv. Caffe geometry (pad 100, crop 19).",
+    )),
+    "fcn16s": (FCN16s, dict(
+        published="134M params; VOC seg11valid 65.0 mIoU (reference code)",
+        summary="FCN-32s plus a pool4 skip: learned 2x upsampling of the stride-32 scores, added to "
+        "zero-initialised pool4 scores, then a fixed 16x bilinear upsampling.",
+    )),
+    "fcn8s": (FCN8s, dict(
+        published="134M params; VOC seg11valid 65.5 mIoU (reference code), VOC2012 test 62.2",
+        summary="VGG16 with its classifier turned into convolutions; learned 2x/2x upsampling fusing "
+        "pool4 and pool3 scores, fixed 8x bilinear. fc_channels=4096 is the paper's; smaller gives a slim variant.",
+    )),
+}  # fmt: skip
 
 
-@register_model(
-    "fcn8s",
-    paper=_PAPER,
-    year=2015,
-    published="134M params; VOC seg11valid 65.5 mIoU (reference code), VOC2012 test 62.2",
-    summary="VGG16 with its classifier turned into convolutions; learned 2x/2x upsampling fusing "
-    "pool4 and pool3 scores, fixed 8x bilinear. fc_channels=4096 is the paper's; smaller gives a slim variant.",
-)
-def fcn8s(
-    num_classes: int,
-    *,
-    encoder: str = "vgg16",
-    encoder_weights: str | None = None,
-    in_channels: int = 3,
-    fc_channels: int = 4096,
-    geometry: str | None = None,
-) -> nn.Module:
-    return _build_vgg_fcn(FCN8s, num_classes, encoder, encoder_weights, in_channels, fc_channels, geometry)
+def _vgg_fcn_builder(cls: type[FCN]) -> Callable[..., FCN]:
+    def build(
+        num_classes: int,
+        *,
+        encoder: str = "vgg16",
+        encoder_weights: str | None = None,
+        in_channels: int = 3,
+        fc_channels: int = 4096,
+        geometry: str | None = None,
+    ) -> FCN:
+        enc = build_encoder(
+            encoder, in_channels=in_channels, output_stride=32, weights=encoder_weights, keep_classifier=True
+        )
+        model = cls(enc, num_classes, fc_channels=fc_channels, geometry=geometry)
+        # With VGG ImageNet weights, fc6/fc7 start from the ImageNet classifier as in the paper.
+        if not model.load_fc_from_classifier(enc.classifier_state) and "classifier.0.weight" in enc.classifier_state:
+            warnings.warn(
+                f"the weights' VGG classifier does not fit fc6/fc7 with fc_channels={fc_channels} "
+                "(ImageNet VGG16 needs 4096): fc6/fc7 start from random weights",
+                stacklevel=2,
+            )
+        enc.classifier_state = {}  # VGG's classifier is ~500 MB: do not keep it around
+        # The preprocessing is the encoder's (torchvision: RGB, ImageNet mean/std). Weights converted
+        # from the caffe releases need FCN_CAFFE_PREPROCESSING instead.
+        return model
+
+    return build
+
+
+for _name, (_cls, _facts) in _VGG_FCNS.items():
+    register_variant(_name, _vgg_fcn_builder(_cls), paper=_PAPER, year=2015, **_facts)
 
 
 # --------------------------------------------------------------------------- torchvision's FCN-ResNet
 
 
-class DilatedFCN(nn.Module):
+class DilatedFCN(SegmentationModel):
     """torchvision's FCN: FCNHead on the deepest map of a dilated encoder, bilinear resize to the input.
 
     Module names: ``encoder`` (torchvision: ``backbone``), ``classifier``,
@@ -418,8 +389,7 @@ class DilatedFCN(nn.Module):
     """
 
     def __init__(self, encoder: Encoder, num_classes: int, aux: bool = False) -> None:
-        super().__init__()
-        self.encoder = encoder
+        super().__init__(encoder)
         self.classifier = FCNHead(encoder.channels[-1], num_classes)
         # torchvision's auxiliary head sits on layer3, the map before the last.
         self.aux_classifier = FCNHead(encoder.channels[-2], num_classes) if aux else None
@@ -456,10 +426,7 @@ def load_torchvision_fcn(model: DilatedFCN, weights: str | os.PathLike | Mapping
     missing, unexpected or misshapen key. With ``in_channels`` other than 3
     the RGB first conv is adapted as for encoder weights.
     """
-    if isinstance(weights, Mapping):
-        source, state = "state dict", dict(weights)
-    else:
-        source, state = str(weights), read_state_dict(weights)
+    state, source = state_and_source(weights)
     heads = {"classifier": model.classifier, "aux_classifier": model.aux_classifier}
     mapped: dict[str, torch.Tensor] = {}
     for key, value in state.items():
@@ -473,59 +440,40 @@ def load_torchvision_fcn(model: DilatedFCN, weights: str | os.PathLike | Mapping
                 index, _, tensor = rest.partition(".")
                 key = f"{head}.{_head_key_map(heads[head]).get(index, index)}.{tensor}"
         mapped[key] = value
-    first = "encoder.conv1.weight"
-    in_channels = model.encoder.in_channels
-    if first in mapped and mapped[first].ndim == 4 and mapped[first].shape[1] != in_channels:
-        mapped[first] = _adapt_input_conv(mapped[first], in_channels)
+    adapt_first_conv(mapped, "encoder.conv1.weight", model.encoder.in_channels)
     load_checked(model, mapped, source, f"{type(model).__name__} (aux={model.aux_classifier is not None})")
-
-
-def _build_dilated_fcn(
-    encoder: str, num_classes: int, encoder_weights: str | None, in_channels: int, output_stride: int, aux: bool
-) -> DilatedFCN:
-    enc = build_encoder(encoder, in_channels=in_channels, output_stride=output_stride, weights=encoder_weights)
-    model = DilatedFCN(enc, num_classes, aux=aux)
-    model.preprocessing = enc.preprocessing.for_channels(in_channels)
-    return model
 
 
 _TV_SUMMARY = (
     "torchvision's FCN: dilated {} at output stride 8, FCNHead (3x3 conv to 512, BN, ReLU, dropout 0.1, 1x1), "
     "bilinear upsampling; aux FCNHead on layer3. Loads torchvision weights via load_torchvision_fcn."
 )
+# name: (encoder, its name in the summary, what torchvision publishes)
+_DILATED_FCNS = {
+    "fcn_resnet50": (
+        "resnet50", "ResNet-50", "35.3M params with aux; COCO-val2017 (VOC classes) 60.5 mIoU (torchvision)"
+    ),
+    "fcn_resnet101": (
+        "resnet101", "ResNet-101", "54.3M params with aux; COCO-val2017 (VOC classes) 63.7 mIoU (torchvision)"
+    ),
+}
 
 
-@register_model(
-    "fcn_resnet50",
-    paper=_PAPER,
-    year=2015,
-    summary=_TV_SUMMARY.format("ResNet-50"),
-    published="35.3M params with aux; COCO-val2017 (VOC classes) 60.5 mIoU (torchvision)",
-)
-def fcn_resnet50(
-    num_classes: int,
-    *,
-    encoder_weights: str | None = None,
-    in_channels: int = 3,
-    output_stride: int = 8,
-    aux: bool = False,
-) -> nn.Module:
-    return _build_dilated_fcn("resnet50", num_classes, encoder_weights, in_channels, output_stride, aux)
+def _dilated_fcn_builder(encoder: str) -> Callable[..., DilatedFCN]:
+    def build(
+        num_classes: int,
+        *,
+        encoder_weights: str | None = None,
+        in_channels: int = 3,
+        output_stride: int = 8,
+        aux: bool = False,
+    ) -> DilatedFCN:
+        enc = build_encoder(encoder, in_channels=in_channels, output_stride=output_stride, weights=encoder_weights)
+        return DilatedFCN(enc, num_classes, aux=aux)
+
+    return build
 
 
-@register_model(
-    "fcn_resnet101",
-    paper=_PAPER,
-    year=2015,
-    summary=_TV_SUMMARY.format("ResNet-101"),
-    published="54.3M params with aux; COCO-val2017 (VOC classes) 63.7 mIoU (torchvision)",
-)
-def fcn_resnet101(
-    num_classes: int,
-    *,
-    encoder_weights: str | None = None,
-    in_channels: int = 3,
-    output_stride: int = 8,
-    aux: bool = False,
-) -> nn.Module:
-    return _build_dilated_fcn("resnet101", num_classes, encoder_weights, in_channels, output_stride, aux)
+for _name, (_encoder, _title, _published) in _DILATED_FCNS.items():
+    register_variant(_name, _dilated_fcn_builder(_encoder), paper=_PAPER, year=2015,
+                     summary=_TV_SUMMARY.format(_title), published=_published)

@@ -30,14 +30,13 @@ import torchvision
 from torch import nn
 from torchvision.models.densenet import DenseNet, _DenseBlock
 
-from imseg.models.encoders import (
-    Encoder,
-    _replace_first_conv,
-    build_encoder,
-    register_encoder,
-)
+from imseg.models.base import SegmentationModel
+from imseg.models.encoders import Encoder, build_encoder, register_encoder
 from imseg.models.layers import ConvBNAct, init_weights, resize_to
-from imseg.models.registry import SegOutput, register_model
+from imseg.models.registry import register_model
+from imseg.models.surgery import replace_first_conv
+from imseg.models.weights import download_state_dict
+from imseg.outputs import SegOutput
 from imseg.preprocessing import TORCHVISION
 
 # ImageNet-1k weights of torchvision's DenseNets; DenseNet-264 (the paper's) has none.
@@ -84,13 +83,12 @@ class DenseNetEncoder(Encoder):
     first_conv = "features.conv0"
 
     def __init__(self, name: str, in_channels: int = 3, output_stride: int = 32) -> None:
-        super().__init__()
         if name == "densenet264":
             net = DenseNet(**_DENSENET264)
         else:
             net = getattr(torchvision.models, name)(weights=None)
         features = net.features
-        features.conv0 = _replace_first_conv(features.conv0, in_channels)
+        features.conv0 = replace_first_conv(features.conv0, in_channels)
         transitions = [features.transition1, features.transition2, features.transition3]
         blocks = [features.denseblock2, features.denseblock3, features.denseblock4]
         n_dilated = {32: 0, 16: 1, 8: 2}[output_stride]
@@ -101,18 +99,16 @@ class DenseNetEncoder(Encoder):
             for layer in block.children():
                 layer.conv2.dilation = (dilation, dilation)
                 layer.conv2.padding = (dilation, dilation)
+        super().__init__(
+            name=name,
+            in_channels=in_channels,
+            channels=[features.conv0.out_channels, *[t.norm.num_features for t in transitions],
+                      features.norm5.num_features],
+            strides=[min(s, output_stride) for s in (2, 4, 8, 16, 32)],
+            output_stride=output_stride,
+            preprocessing=TORCHVISION.for_channels(in_channels),
+        )
         self.features = features
-
-        self.name = name
-        self.in_channels = in_channels
-        self.output_stride = output_stride
-        self.channels = [
-            features.conv0.out_channels,
-            *[t.norm.num_features for t in transitions],
-            features.norm5.num_features,
-        ]
-        self.strides = [min(s, output_stride) for s in (2, 4, 8, 16, 32)]
-        self.preprocessing = TORCHVISION.for_channels(in_channels)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         f = self.features
@@ -137,7 +133,7 @@ class DenseNetEncoder(Encoder):
                 "pass the path of a weights file in torchvision's DenseNet format instead"
             )
         url = _DENSENET_WEIGHTS[self.name].url
-        return url, _download(url)
+        return url, download_state_dict(url, f"the ImageNet weights of {self.name!r}")
 
     def normalise_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         # torchvision's DenseNet files predate its module names ("norm.1" for "norm1");
@@ -147,18 +143,6 @@ class DenseNetEncoder(Encoder):
             match = _LEGACY_KEY.match(key)
             renamed[match.group(1) + match.group(2) if match else key] = value
         return renamed
-
-
-def _download(url: str) -> dict[str, torch.Tensor]:
-    """torchvision's weights (hash checked) via the torch.hub cache, with a message that helps offline."""
-    try:
-        return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=True, check_hash=True)
-    except OSError as e:
-        filename = url.rsplit("/", 1)[-1]
-        raise RuntimeError(
-            f"could not download {url} ({e}). If this machine is offline, download that file on one that is "
-            f"online, copy it here and pass its path instead of 'imagenet', e.g. encoder_weights='/path/to/{filename}'."
-        ) from e
 
 
 for _name in (*_DENSENET_WEIGHTS, "densenet264"):
@@ -183,7 +167,7 @@ class AggregationModule(nn.Module):
         return self.compress(torch.cat([resize_to(m, size) for m in maps], dim=1))
 
 
-class FDNet(nn.Module):
+class FDNet(SegmentationModel):
     def __init__(
         self,
         encoder: Encoder,
@@ -193,8 +177,7 @@ class FDNet(nn.Module):
         growth_rate: int = 32,
         aux: bool = False,
     ) -> None:
-        super().__init__()
-        self.encoder = encoder
+        super().__init__(encoder)
         # The encoder's "blocks": every map from stride 4 on (the stem's stride-2 map is not a dense block).
         self.block_indices = [i for i, s in enumerate(encoder.strides) if s >= 4]
         # Resolutions of the two aggregations, taken from the encoder maps at strides 8 and 4.
@@ -250,13 +233,5 @@ def fdnet(
     aux: bool = False,
 ) -> nn.Module:
     enc = build_encoder(encoder, in_channels=in_channels, output_stride=output_stride, weights=encoder_weights)
-    model = FDNet(
-        enc,
-        num_classes,
-        decoder_channels=decoder_channels,
-        decoder_block_layers=decoder_block_layers,
-        growth_rate=growth_rate,
-        aux=aux,
-    )
-    model.preprocessing = enc.preprocessing.for_channels(in_channels)
-    return model
+    return FDNet(enc, num_classes, decoder_channels=decoder_channels, decoder_block_layers=decoder_block_layers,
+                 growth_rate=growth_rate, aux=aux)

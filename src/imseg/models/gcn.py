@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from imseg.models.base import SegmentationModel
 from imseg.models.encoders import Encoder, build_encoder
 from imseg.models.layers import crop_padding, pad_to_multiple, upsampling_deconv
 from imseg.models.registry import register_model
@@ -66,12 +67,11 @@ class BoundaryRefinement(nn.Module):
         return x + self.conv2(self.relu(self.conv1(x)))
 
 
-class GCN(nn.Module):
+class GCN(SegmentationModel):
     def __init__(self, encoder: Encoder, num_classes: int, k: int = 15) -> None:
-        super().__init__()
+        super().__init__(encoder)
         if encoder.output_stride != 32:
             raise ValueError(f"GCN needs an encoder at output stride 32, got {encoder.output_stride}")
-        self.encoder = encoder
         # res-2 .. res-5, fine to coarse.
         self.indices = [encoder.feature_index(s) for s in (4, 8, 16, 32)]
         self.gcn = nn.ModuleList(GlobalConvolution(encoder.channels[i], num_classes, k) for i in self.indices)
@@ -116,6 +116,4 @@ def gcn(
 ) -> nn.Module:
     # The GCN decoder fuses four undilated stages (strides 4..32): no output_stride argument.
     enc = build_encoder(encoder, in_channels=in_channels, output_stride=32, weights=encoder_weights)
-    model = GCN(enc, num_classes, k=k)
-    model.preprocessing = enc.preprocessing.for_channels(in_channels)
-    return model
+    return GCN(enc, num_classes, k=k)

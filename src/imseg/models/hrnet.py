@@ -26,16 +26,19 @@ models (``MODEL.ALIGN_CORNERS: True``) were trained with it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from imseg.models.encoders import Encoder, register_encoder
-from imseg.models.layers import init_weights
-from imseg.models.registry import SegOutput, register_model
+from imseg.models.base import SegmentationModel
+from imseg.models.encoders import Encoder, build_encoder, register_encoder
+from imseg.models.layers import ConvBNAct, init_weights
+from imseg.models.registry import register_variant
+from imseg.models.weights import timm_pretrained
+from imseg.outputs import SegOutput
 from imseg.preprocessing import TORCHVISION
 
 
@@ -77,21 +80,12 @@ HRNET_CONFIGS: dict[str, HRNetConfig] = {
 HRNET_CLASSIFIER_PREFIXES = ("incre_modules.", "downsamp_modules.", "final_layer.", "classifier.")
 
 
-def _conv_bn(
-    in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, relu: bool = True
-) -> nn.Sequential:
-    """conv (no bias) -> BN [-> ReLU]: indices 0/1(/2) as in the official Sequentials."""
-    layers: list[nn.Module] = [
-        nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=False),
-        nn.BatchNorm2d(out_channels),
-    ]
-    if relu:
-        layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
-
-
 class HighResolutionModule(nn.Module):
-    """Parallel branches of basic blocks followed by the all-to-all fusion."""
+    """Parallel branches of basic blocks followed by the all-to-all fusion.
+
+    Its conv-BN(-ReLU) layers are `ConvBNAct`: a Sequential whose conv, BN
+    and ReLU sit at indices 0/1/2, as in the official code's Sequentials.
+    """
 
     def __init__(self, channels: Sequence[int], num_blocks: int) -> None:
         super().__init__()
@@ -102,12 +96,12 @@ class HighResolutionModule(nn.Module):
             row: list[nn.Module] = []
             for j in range(n):
                 if j > i:  # lower resolution -> branch i: 1x1 conv + BN, upsampled in forward
-                    row.append(_conv_bn(channels[j], channels[i], 1, relu=False))
+                    row.append(ConvBNAct(channels[j], channels[i], 1, act=False))
                 elif j == i:  # the official code stores None; Identity has no parameters either, so keys match
                     row.append(nn.Identity())
                 else:  # higher resolution -> branch i: i - j stride-2 3x3 convs, ReLU between them, none after
-                    steps = [_conv_bn(channels[j], channels[j], 3, 2) for _ in range(i - j - 1)]
-                    steps.append(_conv_bn(channels[j], channels[i], 3, 2, relu=False))
+                    steps = [ConvBNAct(channels[j], channels[j], 3, 2) for _ in range(i - j - 1)]
+                    steps.append(ConvBNAct(channels[j], channels[i], 3, 2, act=False))
                     row.append(nn.Sequential(*steps))
             fuse_layers.append(nn.ModuleList(row))
         self.fuse_layers = nn.ModuleList(fuse_layers)
@@ -143,10 +137,10 @@ def _transition(pre: Sequence[int], cur: Sequence[int]) -> nn.ModuleList:
     layers: list[nn.Module] = []
     for i, c in enumerate(cur):
         if i < len(pre):
-            layers.append(_conv_bn(pre[i], c, 3) if c != pre[i] else nn.Identity())
+            layers.append(ConvBNAct(pre[i], c, 3) if c != pre[i] else nn.Identity())
         else:
             n_new = i + 1 - len(pre)
-            steps = [_conv_bn(pre[-1], c if k == n_new - 1 else pre[-1], 3, 2) for k in range(n_new)]
+            steps = [ConvBNAct(pre[-1], c if k == n_new - 1 else pre[-1], 3, 2) for k in range(n_new)]
             layers.append(nn.Sequential(*steps))
     return nn.ModuleList(layers)
 
@@ -168,8 +162,16 @@ class HRNetEncoder(Encoder):
     """
 
     def __init__(self, name: str, in_channels: int = 3, output_stride: int = 32) -> None:
-        super().__init__()
         cfg = HRNET_CONFIGS[name]
+        nominal = [4 * 2**b for b in range(4)]
+        super().__init__(
+            name=name,
+            in_channels=in_channels,
+            channels=[cfg.width * 2**b for b in range(4)],
+            strides=[min(s, output_stride) for s in nominal],
+            output_stride=output_stride,
+            preprocessing=TORCHVISION.for_channels(in_channels),
+        )
         self.config = cfg
         self.conv1 = nn.Conv2d(in_channels, 64, 3, 2, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
@@ -187,16 +189,8 @@ class HRNetEncoder(Encoder):
             setattr(self, f"stage{stage}", _Stage(*[HighResolutionModule(cur, cfg.blocks) for _ in range(n_modules)]))
             pre = cur
         init_weights(self)
-        nominal = [4 * 2**b for b in range(4)]
-        self.strides = [min(s, output_stride) for s in nominal]
         if output_stride != 32:
             self._dilate([s // r for s, r in zip(nominal, self.strides)])
-
-        self.name = name
-        self.in_channels = in_channels
-        self.output_stride = output_stride
-        self.channels = list(pre)
-        self.preprocessing = TORCHVISION.for_channels(in_channels)
 
     def _dilate(self, dilation: list[int]) -> None:
         """Trade the strides into branches beyond the output stride for dilation (``dilation[b]`` per branch)."""
@@ -244,23 +238,12 @@ class HRNetEncoder(Encoder):
     classifier_prefixes = HRNET_CLASSIFIER_PREFIXES
 
     def imagenet_state(self) -> tuple[str, dict[str, torch.Tensor]]:
-        return f"timm:{self.config.timm_name}", _timm_state_dict(self.config.timm_name)
-
-
-def _timm_state_dict(timm_name: str) -> dict[str, torch.Tensor]:
-    """The ImageNet weights of a timm HRNet classifier (downloaded by timm, cached by the HF hub)."""
-    import timm
-
-    try:
-        return timm.create_model(timm_name, pretrained=True).state_dict()
-    except Exception as e:  # HF hub / URL errors come in many classes
-        arch = timm_name.split(".")[0]
-        raise RuntimeError(
-            f"could not get the ImageNet weights {timm_name!r} ({type(e).__name__}: {e}). If this machine is "
-            f"offline, save timm.create_model({arch!r}, pretrained=True).state_dict() on one that is online "
-            "(or download the official hrnetv2_*_imagenet_pretrained.pth) and pass the file's path instead "
-            "of 'imagenet' (set HF_HUB_OFFLINE=1 to skip the download retries)."
-        ) from e
+        """The ImageNet weights of timm's HRNet classifier with the same names (timm downloads them)."""
+        tag = self.config.timm_name
+        advice = (f"save timm.create_model({tag.split('.')[0]!r}, pretrained=True).state_dict() on one that is "
+                  "online (or download the official hrnetv2_*_imagenet_pretrained.pth) and pass the file's path "
+                  "instead of 'imagenet'")
+        return f"timm:{tag}", timm_pretrained(tag, advice).state_dict()
 
 
 for _name in HRNET_CONFIGS:
@@ -339,7 +322,7 @@ class SpatialOCR(nn.Module):
 # --------------------------------------------------------------------------- model
 
 
-class HRNetV2(nn.Module):
+class HRNetV2(SegmentationModel):
     """HRNetV2 head (or the OCR head) on the concatenation of all encoder maps upsampled to the finest one."""
 
     def __init__(
@@ -351,12 +334,11 @@ class HRNetV2(nn.Module):
         ocr_mid_channels: int = 512,
         ocr_key_channels: int = 256,
     ) -> None:
-        super().__init__()
+        super().__init__(encoder)
         if aux and not ocr:
             raise ValueError(
                 "HRNetV2 has no auxiliary head; aux=True needs ocr=True (the soft object-region head is the aux output)"
             )
-        self.encoder = encoder
         self.ocr = ocr
         self.aux = aux
         c = sum(encoder.channels)
@@ -396,93 +378,48 @@ class HRNetV2(nn.Module):
         return SegOutput(out, resize_aligned(out_aux, size))
 
 
-def _build(
-    name: str, num_classes: int, encoder_weights: str | None, in_channels: int, ocr: bool, aux: bool
-) -> nn.Module:
-    encoder = HRNetEncoder(name, in_channels=in_channels)
-    if encoder_weights is not None:
-        encoder.load_weights(encoder_weights)
-    model = HRNetV2(encoder, num_classes, ocr=ocr, aux=aux)
-    model.preprocessing = encoder.preprocessing.for_channels(in_channels)
-    return model
-
-
 _PAPER = (
     "Wang, Sun, Cheng, Jiang, Deng, Zhao, Liu, Mu, Tan, Wang, Liu, Xiao: Deep High-Resolution Representation "
     "Learning for Visual Recognition (ocr=True: Yuan, Chen, Wang: Object-Contextual Representations for "
     "Semantic Segmentation, ECCV 2020)"
 )
+# The variants differ in their HRNET_CONFIGS row: one builder signature, one registry entry each.
+_VARIANTS = {
+    "hrnetv2_w18_small": dict(
+        published="3.9M params (v2, Cityscapes)",
+        summary="HRNetV2-W18-Small-v2: 4 parallel branches (18/36/72/144) fused repeatedly, all upsampled to "
+        "stride 4 and concatenated for a 1x1 head (3.9M params); ocr=True adds the OCR head.",
+    ),
+    "hrnetv2_w18": dict(
+        summary="HRNetV2-W18: 4 parallel branches (18/36/72/144; 1/4/3 modules of 4 blocks) fused repeatedly, "
+        "concatenated at stride 4 for a 1x1 head; ocr=True adds the OCR head.",
+    ),
+    "hrnetv2_w32": dict(
+        summary="HRNetV2-W32: 4 parallel branches (32/64/128/256; 1/4/3 modules of 4 blocks) fused repeatedly, "
+        "concatenated at stride 4 for a 1x1 head; ocr=True adds the OCR head.",
+    ),
+    "hrnetv2_w48": dict(
+        published="65.9M params; Cityscapes val 80.9 mIoU (81.6 with OCR)",
+        summary="HRNetV2-W48: 4 parallel branches (48/96/192/384; 1/4/3 modules of 4 blocks) fused repeatedly, "
+        "concatenated at stride 4 for a 1x1 head (65.9M params); ocr=True adds the OCR head (W48+OCR).",
+    ),
+}
 
 
-@register_model(
-    "hrnetv2_w18_small",
-    published="3.9M params (v2, Cityscapes)",
-    paper=_PAPER,
-    year=2019,
-    summary="HRNetV2-W18-Small-v2: 4 parallel branches (18/36/72/144) fused repeatedly, all upsampled to "
-    "stride 4 and concatenated for a 1x1 head (3.9M params); ocr=True adds the OCR head.",
-)
-def hrnetv2_w18_small(
-    num_classes: int,
-    *,
-    encoder_weights: str | None = None,
-    in_channels: int = 3,
-    ocr: bool = False,
-    aux: bool = False,
-) -> nn.Module:
-    return _build("hrnetv2_w18_small", num_classes, encoder_weights, in_channels, ocr, aux)
+def _hrnet_builder(name: str) -> Callable[..., HRNetV2]:
+    def build(
+        num_classes: int,
+        *,
+        encoder_weights: str | None = None,
+        in_channels: int = 3,
+        ocr: bool = False,
+        aux: bool = False,
+    ) -> HRNetV2:
+        encoder = build_encoder(name, in_channels=in_channels, weights=encoder_weights)
+        return HRNetV2(encoder, num_classes, ocr=ocr, aux=aux)
+
+    return build
 
 
-@register_model(
-    "hrnetv2_w18",
-    paper=_PAPER,
-    year=2019,
-    summary="HRNetV2-W18: 4 parallel branches (18/36/72/144; 1/4/3 modules of 4 blocks) fused repeatedly, "
-    "concatenated at stride 4 for a 1x1 head; ocr=True adds the OCR head.",
-)
-def hrnetv2_w18(
-    num_classes: int,
-    *,
-    encoder_weights: str | None = None,
-    in_channels: int = 3,
-    ocr: bool = False,
-    aux: bool = False,
-) -> nn.Module:
-    return _build("hrnetv2_w18", num_classes, encoder_weights, in_channels, ocr, aux)
-
-
-@register_model(
-    "hrnetv2_w32",
-    paper=_PAPER,
-    year=2019,
-    summary="HRNetV2-W32: 4 parallel branches (32/64/128/256; 1/4/3 modules of 4 blocks) fused repeatedly, "
-    "concatenated at stride 4 for a 1x1 head; ocr=True adds the OCR head.",
-)
-def hrnetv2_w32(
-    num_classes: int,
-    *,
-    encoder_weights: str | None = None,
-    in_channels: int = 3,
-    ocr: bool = False,
-    aux: bool = False,
-) -> nn.Module:
-    return _build("hrnetv2_w32", num_classes, encoder_weights, in_channels, ocr, aux)
-
-
-@register_model(
-    "hrnetv2_w48",
-    published="65.9M params; Cityscapes val 80.9 mIoU (81.6 with OCR)",
-    paper=_PAPER,
-    year=2019,
-    summary="HRNetV2-W48: 4 parallel branches (48/96/192/384; 1/4/3 modules of 4 blocks) fused repeatedly, "
-    "concatenated at stride 4 for a 1x1 head (65.9M params); ocr=True adds the OCR head (W48+OCR).",
-)
-def hrnetv2_w48(
-    num_classes: int,
-    *,
-    encoder_weights: str | None = None,
-    in_channels: int = 3,
-    ocr: bool = False,
-    aux: bool = False,
-) -> nn.Module:
-    return _build("hrnetv2_w48", num_classes, encoder_weights, in_channels, ocr, aux)
+for _name, _facts in _VARIANTS.items():
+    register_variant(_name, _hrnet_builder(_name), paper=_PAPER, year=2019, **_facts)

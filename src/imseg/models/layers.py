@@ -58,9 +58,10 @@ def crop_padding(x: torch.Tensor, pads: tuple[int, int, int, int]) -> torch.Tens
 
 
 class ConvBNAct(nn.Sequential):
-    """Conv -> BatchNorm -> activation, "same" padding for any dilation.
+    """Conv -> BatchNorm -> ReLU (``act=False``: no ReLU), "same" padding for any dilation.
 
-    The conv has no bias because the BatchNorm right after it would cancel it.
+    The conv has no bias because the BatchNorm right after it would cancel it;
+    ``bias=True`` keeps one where a published layer table has it (SegNet).
     """
 
     def __init__(
@@ -72,10 +73,11 @@ class ConvBNAct(nn.Sequential):
         dilation: int = 1,
         groups: int = 1,
         act: bool = True,
+        bias: bool = False,
     ) -> None:
         padding = dilation * (kernel_size - 1) // 2
         layers: list[nn.Module] = [
-            nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=False),
+            nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=bias),
             nn.BatchNorm2d(out_channels),
         ]
         if act:

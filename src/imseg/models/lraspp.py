@@ -10,9 +10,9 @@ It is torchvision's model exactly: the head keeps torchvision's module
 names (``classifier.cbr``, ``.scale``, ``.low_classifier``,
 ``.high_classifier``), and the stride-8 input is the *first* block at
 stride 8 (``features[4]`` of mobilenet_v3_large, torchvision's "C2"), not
-the last one (``features[6]``) that the encoder contract returns; see
-`tap_first_block_at_stride`. `lraspp_from_torchvision` loads a
-torchvision LR-ASPP state dict file.
+the last one (``features[6]``) that the encoder returns by default; the
+builder asks for it with ``taps`` (see `torchvision_taps`).
+`lraspp_from_torchvision` loads a torchvision LR-ASPP state dict file.
 """
 from __future__ import annotations
 
@@ -22,47 +22,11 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from imseg.models.encoders import (
-    Encoder,
-    MobileNetV3Encoder,
-    _module_stride,
-    build_encoder,
-    load_checked,
-    read_state_dict,
-)
+from imseg.models.base import SegmentationModel
+from imseg.models.encoders import Encoder, build_encoder, torchvision_taps
 from imseg.models.layers import resize_to
 from imseg.models.registry import create_model, register_model
-
-
-def tap_first_block_at_stride(encoder: Encoder, stride: int) -> None:
-    """Make a MobileNetV3 encoder return the *first* block at ``stride`` instead of the last one.
-
-    torchvision's segmentation models read MobileNetV3 at its strided blocks
-    ("C_n", ``_is_cn``), e.g. ``features[4]`` for stride 8 of the large
-    model, while the encoder contract returns the last block of each stride
-    (``features[6]``). Same channels, different depth; matching torchvision
-    matters for loading its weights. Other encoders are left as they are,
-    and so is the deepest map (at output stride 8 the stride-8 map *is* the
-    encoder output).
-
-    (A private helper here rather than an encoder option because encoders.py
-    is shared; it only swaps which ``features`` index is tapped.)
-    """
-    if not isinstance(encoder, MobileNetV3Encoder):
-        return
-    index = encoder.feature_index(stride)
-    if index == len(encoder.channels) - 1:
-        return
-    cumulative, block_strides = 1, []
-    for block in encoder.features:
-        cumulative *= _module_stride(block)  # the real strides: dilated blocks already have stride 1
-        block_strides.append(cumulative)
-    first = block_strides.index(stride)
-    taps = sorted(encoder._taps)
-    taps[index] = first
-    encoder._taps = frozenset(taps)
-    convs = [m for m in encoder.features[first].modules() if isinstance(m, nn.Conv2d)]
-    encoder.channels = [*encoder.channels[:index], convs[-1].out_channels, *encoder.channels[index + 1:]]
+from imseg.models.weights import load_checked, state_and_source
 
 
 class LRASPPHead(nn.Module):
@@ -87,10 +51,9 @@ class LRASPPHead(nn.Module):
         return self.low_classifier(low) + self.high_classifier(x)
 
 
-class LRASPP(nn.Module):
+class LRASPP(SegmentationModel):
     def __init__(self, encoder: Encoder, num_classes: int, inter_channels: int = 128) -> None:
-        super().__init__()
-        self.encoder = encoder
+        super().__init__(encoder)
         self.low_index = encoder.feature_index(8)
         self.classifier = LRASPPHead(
             encoder.channels[self.low_index], encoder.channels[-1], num_classes, inter_channels
@@ -122,17 +85,11 @@ def lraspp(
     if output_stride not in (16, 32):
         # The head adds stride-8 scores to upsampled high-level scores; at 8 both would come from one stage.
         raise ValueError(f"LR-ASPP uses output_stride 16 (as torchvision) or 32, got {output_stride!r}")
-    enc = build_encoder(encoder, in_channels=in_channels, output_stride=output_stride, weights=encoder_weights)
-    tap_first_block_at_stride(enc, 8)
-    model = LRASPP(enc, num_classes, inter_channels=inter_channels)
-    model.preprocessing = enc.preprocessing.for_channels(in_channels)
-    return model
-
-
-def _torchvision_state(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> tuple[dict, str]:
-    if isinstance(source, Mapping):
-        return dict(source), "the given state dict"
-    return read_state_dict(source), str(source)
+    taps = torchvision_taps(encoder, output_stride)
+    enc = build_encoder(
+        encoder, in_channels=in_channels, output_stride=output_stride, weights=encoder_weights, taps=taps
+    )
+    return LRASPP(enc, num_classes, inter_channels=inter_channels)
 
 
 def lraspp_from_torchvision(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> nn.Module:
@@ -143,7 +100,7 @@ def lraspp_from_torchvision(source: str | os.PathLike | Mapping[str, torch.Tenso
     classes is read from the weights. Returns the model in train mode, like
     `create_model`.
     """
-    state, where = _torchvision_state(source)
+    state, where = state_and_source(source)
     if "classifier.low_classifier.weight" not in state:
         raise ValueError(f"{where} is not a torchvision LR-ASPP state dict (no classifier.low_classifier.weight)")
     # features[16] is the last conv of mobilenet_v3_large; the small model ends at features[12].

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from imseg.models.base import SegmentationModel
 from imseg.models.encoders import Encoder, build_encoder
 from imseg.models.layers import ConvBNAct, init_weights, resize_to
 from imseg.models.registry import register_model
@@ -106,10 +107,9 @@ class GlobalAttentionUpsample(nn.Module):
         return self.relu(resize_to(high, low.shape[-2:]) + weighted)
 
 
-class PAN(nn.Module):
+class PAN(SegmentationModel):
     def __init__(self, encoder: Encoder, num_classes: int, decoder_channels: int = 256) -> None:
-        super().__init__()
-        self.encoder = encoder
+        super().__init__(encoder)
         # The GAUs read every map between the stride-4 one and the deepest, deepest first
         # (ResNet: res4, res3, res2). Picked by position, not stride: at output stride 16
         # res4 and res5 share a stride.
@@ -148,6 +148,4 @@ def pan(
     decoder_channels: int = 256,
 ) -> nn.Module:
     enc = build_encoder(encoder, in_channels=in_channels, output_stride=output_stride, weights=encoder_weights)
-    model = PAN(enc, num_classes, decoder_channels=decoder_channels)
-    model.preprocessing = enc.preprocessing.for_channels(in_channels)
-    return model
+    return PAN(enc, num_classes, decoder_channels=decoder_channels)

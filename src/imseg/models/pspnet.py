@@ -28,9 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from imseg.models.base import SegmentationModel
 from imseg.models.encoders import Encoder, build_encoder
 from imseg.models.layers import ConvBNAct, FCNHead, init_weights, resize_to
-from imseg.models.registry import SegOutput, register_model
+from imseg.models.registry import register_model
+from imseg.outputs import SegOutput
 
 
 def _window_means(x: torch.Tensor, dim: int, start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
@@ -91,7 +93,7 @@ class PyramidPoolingModule(nn.Module):
         return torch.cat([x] + [resize_to(branch(x), size) for branch in self.branches], dim=1)
 
 
-class PSPNet(nn.Module):
+class PSPNet(SegmentationModel):
     def __init__(
         self,
         encoder: Encoder,
@@ -101,8 +103,7 @@ class PSPNet(nn.Module):
         dropout: float = 0.1,
         aux: bool = False,
     ) -> None:
-        super().__init__()
-        self.encoder = encoder
+        super().__init__(encoder)
         self.ppm = PyramidPoolingModule(encoder.channels[-1], bins)
         self.bottleneck = ConvBNAct(self.ppm.out_channels, channels, 3)
         self.dropout = nn.Dropout(dropout)
@@ -141,6 +142,4 @@ def pspnet(
     aux: bool = False,
 ) -> nn.Module:
     enc = build_encoder(encoder, in_channels=in_channels, output_stride=output_stride, weights=encoder_weights)
-    model = PSPNet(enc, num_classes, bins=tuple(bins), aux=aux)
-    model.preprocessing = enc.preprocessing.for_channels(in_channels)
-    return model
+    return PSPNet(enc, num_classes, bins=tuple(bins), aux=aux)

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from imseg.models.base import SegmentationModel
 from imseg.models.encoders import Encoder, build_encoder
 from imseg.models.layers import resize_to
 from imseg.models.registry import register_model
@@ -114,7 +115,7 @@ class RefineNetBlock(nn.Module):
         return self.output(self.crp(x))
 
 
-class RefineNet(nn.Module):
+class RefineNet(SegmentationModel):
     def __init__(
         self,
         encoder: Encoder,
@@ -123,8 +124,7 @@ class RefineNet(nn.Module):
         crp_blocks: int = 2,
         dropout: float = 0.5,
     ) -> None:
-        super().__init__()
-        self.encoder = encoder
+        super().__init__(encoder)
         # Backbone paths from coarse to fine: RefineNet-4 reads 1/32, RefineNet-1 reads 1/4.
         self.path_indices = [encoder.feature_index(s) for s in (32, 16, 8, 4)]
         blocks, prev = [], None
@@ -173,6 +173,4 @@ def refinenet(
         raise ValueError(f"widths needs 4 positive integers (1/32, 1/16, 1/8, 1/4 paths), got {tuple(widths)!r}")
     # RefineNet refines the undilated backbone (output stride 32): no output_stride argument.
     enc = build_encoder(encoder, in_channels=in_channels, output_stride=32, weights=encoder_weights)
-    model = RefineNet(enc, num_classes, widths=tuple(widths), crp_blocks=crp_blocks)
-    model.preprocessing = enc.preprocessing.for_channels(in_channels)
-    return model
+    return RefineNet(enc, num_classes, widths=tuple(widths), crp_blocks=crp_blocks)

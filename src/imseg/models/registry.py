@@ -4,27 +4,24 @@ A builder is a plain function ``builder(num_classes, *, ...) -> nn.Module``
 whose keyword arguments are its whole interface; `create_model` checks the
 arguments against the builder's signature so a typo fails loudly with the
 valid choices instead of vanishing into ``**kwargs``.
+
+The built-in models register themselves when ``imseg.models`` is imported,
+and importing this module imports that package first, so the registry is
+complete before anyone can read it.
 """
 from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
-import torch
 from torch import nn
 
+# Model outputs live in imseg.outputs (losses and inference read them without the zoo); kept importable here.
+from imseg.outputs import SegOutput, main_logits
 
-class SegOutput(NamedTuple):
-    """Returned by `forward` only when an auxiliary head is configured."""
-
-    out: torch.Tensor
-    aux: torch.Tensor
-
-
-def main_logits(output: torch.Tensor | SegOutput) -> torch.Tensor:
-    """The main logits of a model output, whether or not it carries aux logits."""
-    return output.out if isinstance(output, SegOutput) else output
+__all__ = ["ModelInfo", "SegOutput", "create_model", "list_models", "main_logits", "model_arguments",
+           "model_info", "register_model", "register_variant"]
 
 
 @dataclass(frozen=True)
@@ -53,18 +50,22 @@ def register_model(name: str, *, paper: str, year: int, summary: str, published:
     return deco
 
 
-def _ensure_loaded() -> None:
-    # Importing the package registers every built-in model.
-    import imseg.models  # noqa: F401
+def register_variant(name: str, builder: Callable[..., nn.Module], **facts: Any) -> Callable[..., nn.Module]:
+    """Register ``builder``, made for one preset of a family (S/M/L, W18/W32/W48), under ``name``.
+
+    Variants as data: a family writes its builder's signature once, in a
+    function that returns one builder per row of its table of presets;
+    ``facts`` are `register_model`'s (paper, year, summary, published).
+    """
+    builder.__name__ = builder.__qualname__ = name  # tracebacks and reprs name the model
+    return register_model(name, **facts)(builder)
 
 
 def list_models() -> list[str]:
-    _ensure_loaded()
     return sorted(_REGISTRY)
 
 
 def model_info(name: str) -> ModelInfo:
-    _ensure_loaded()
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]

@@ -18,8 +18,9 @@ Layer tables follow the authors' prototxts (``alexgkendall/SegNet-Tutorial``,
 * ``segnet_basic``: input LRN, 4 x [7x7 conv 64, BN, ReLU, pool], decoder
   4 x [unpool, 7x7 conv 64, BN] with no ReLU, 1x1 classifier.
 * ``bayesian_segnet`` / ``bayesian_segnet_basic``: the same nets with dropout
-  p=0.5 at the central encoder/decoder units; `mc_dropout_predict` samples
-  them at test time (Monte-Carlo dropout).
+  p=0.5 at the central encoder/decoder units; `mc_dropout_predict`
+  (imseg.uncertainty, importable from here too) samples them at test time
+  (Monte-Carlo dropout).
 
 Any input size: caffe pools in ceil mode (a 45-row map pools to 23 rows), and
 its Upsample layer is told the pre-pool size (``upsample_h: 23`` etc. in the
@@ -30,16 +31,18 @@ unpools back exactly, for every H x W.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Literal, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from imseg.models.base import SegmentationModel
 from imseg.models.encoders import build_encoder
-from imseg.models.layers import crop_padding, init_weights
-from imseg.models.registry import main_logits, register_model
-from imseg.preprocessing import TORCHVISION
+from imseg.models.layers import ConvBNAct, crop_padding, init_weights
+from imseg.models.registry import register_model
+from imseg.preprocessing import TORCHVISION, Preprocessing
+from imseg.uncertainty import mc_dropout_predict  # noqa: F401  (its home before imseg.uncertainty)
 
 
 # --------------------------------------------------------------------------- pooling with switches
@@ -98,20 +101,19 @@ def _conv_bn(in_channels: int, out_channels: int, kernel_size: int, relu: bool) 
     vgg16_bn: BN makes it redundant, but keeping it leaves the layer list
     (and the parameter count) one-to-one with the published networks.
     """
-    layers: list[nn.Module] = [
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
-        nn.BatchNorm2d(out_channels),
-    ]
-    if relu:
-        layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
+    return ConvBNAct(in_channels, out_channels, kernel_size, act=relu, bias=True)
 
 
 def _dropout(p: float) -> nn.Module:
     return nn.Dropout(p) if p > 0 else nn.Identity()
 
 
-class SegNet(nn.Module):
+def _dropout_rates(p: float, places: Sequence[bool]) -> list[float]:
+    """Bayesian SegNet's dropout: ``p`` at the places marked True, none elsewhere."""
+    return [p if on else 0.0 for on in places]
+
+
+class SegNet(SegmentationModel):
     """Encoder with pooling switches -> decoder that unpools with them -> classifier.
 
     Args:
@@ -124,6 +126,7 @@ class SegNet(nn.Module):
         classifier: maps the last decoder block's output to the logits.
         pool_dropout: dropout rate after each pool (encoder order); 0 = none.
         decoder_dropout: dropout rate after each decoder block (decoder order).
+        preprocessing: needed when ``encoder`` is not an `Encoder` (SegNet-Basic's).
     """
 
     def __init__(
@@ -133,9 +136,9 @@ class SegNet(nn.Module):
         classifier: nn.Module,
         pool_dropout: Sequence[float],
         decoder_dropout: Sequence[float],
+        preprocessing: Preprocessing | None = None,
     ) -> None:
-        super().__init__()
-        self.encoder = encoder
+        super().__init__(encoder, preprocessing)
         self.pool_positions = [i for i, m in enumerate(encoder.features) if isinstance(m, nn.MaxPool2d)]
         n = len(self.pool_positions)
         if len(decoder) != n or len(pool_dropout) != n or len(decoder_dropout) != n:
@@ -192,15 +195,8 @@ def _build_segnet(num_classes: int, encoder_weights: str | None, in_channels: in
     decoder = _segnet_decoder()
     classifier = nn.Conv2d(SEGNET_DECODER[-1][-1], num_classes, 3, padding=1)  # conv1_1_D: no BN, no ReLU
     init_weights(nn.ModuleList([*decoder, classifier]))
-    model = SegNet(
-        enc,
-        decoder,
-        classifier,
-        pool_dropout=[dropout if on else 0.0 for on in BAYESIAN_POOLS],
-        decoder_dropout=[dropout if on else 0.0 for on in BAYESIAN_DECODER],
-    )
-    model.preprocessing = enc.preprocessing.for_channels(in_channels)
-    return model
+    return SegNet(enc, decoder, classifier, _dropout_rates(dropout, BAYESIAN_POOLS),
+                  _dropout_rates(dropout, BAYESIAN_DECODER))
 
 
 class SegNetBasicEncoder(nn.Module):
@@ -224,17 +220,10 @@ def _build_segnet_basic(num_classes: int, in_channels: int, dropout: float) -> n
     ]
     classifier = nn.Conv2d(64, num_classes, 1)
     init_weights(nn.ModuleList([enc, *decoder, classifier]))
-    model = SegNet(
-        enc,
-        decoder,
-        classifier,
-        pool_dropout=[dropout if on else 0.0 for on in BAYESIAN_BASIC_POOLS],
-        decoder_dropout=[dropout if on else 0.0 for on in BAYESIAN_BASIC_DECODER],
-    )
     # Trained from scratch: the torchvision convention like every other model here. The paper fed raw
     # 0-255 BGR (the input LRN then matters); see docs/models/segnet.md to reproduce that.
-    model.preprocessing = TORCHVISION.for_channels(in_channels)
-    return model
+    return SegNet(enc, decoder, classifier, _dropout_rates(dropout, BAYESIAN_BASIC_POOLS),
+                  _dropout_rates(dropout, BAYESIAN_BASIC_DECODER), TORCHVISION.for_channels(in_channels))
 
 
 _PAPER = (
@@ -294,82 +283,3 @@ def bayesian_segnet(
 )
 def bayesian_segnet_basic(num_classes: int, *, in_channels: int = 3, dropout: float = 0.5) -> nn.Module:
     return _build_segnet_basic(num_classes, in_channels, dropout=dropout)
-
-
-# --------------------------------------------------------------------------- Monte-Carlo dropout
-
-
-def _is_dropout(module: nn.Module) -> bool:
-    return isinstance(module, (nn.modules.dropout._DropoutNd, nn.AlphaDropout, nn.FeatureAlphaDropout))
-
-
-@torch.no_grad()
-def mc_dropout_predict(
-    model: nn.Module,
-    x: torch.Tensor,
-    samples: int = 8,
-    *,
-    uncertainty: Literal["variance", "entropy"] = "variance",
-    seed: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Monte-Carlo dropout inference (Bayesian SegNet).
-
-    Runs ``samples`` forward passes with only the dropout layers in training
-    mode (BatchNorm and everything else stay in eval mode: running statistics
-    are used and never updated) and averages the softmax outputs.
-
-    Args:
-        model: a model with dropout layers (e.g. ``bayesian_segnet``).
-        x: a normalised batch ``[B, C, H, W]``, as for ``model(x)``.
-        samples: number of stochastic passes. The SegNet-Tutorial inference
-            prototxts use 4 (Bayesian SegNet) and 8 (Basic); the paper reports
-            averaging up to 50.
-        uncertainty: ``"variance"`` (default, as the authors'
-            ``test_bayesian_segnet.py``): the variance of each class's softmax
-            probability over the samples, averaged over the classes.
-            ``"entropy"``: the predictive entropy ``-sum_k p_k log p_k`` of the
-            mean probabilities, in nats (0 .. log K).
-        seed: if given, the dropout masks come from this seed (same seed, same
-            result) and the global RNG state is left as it was.
-
-    Returns:
-        ``(mean_probs [B, K, H, W], uncertainty [B, H, W])``; the mean
-        probabilities sum to 1 over K at every pixel. The model's
-        train/eval flags are restored afterwards.
-    """
-    if samples < 1:
-        raise ValueError(f"samples must be at least 1, got {samples}")
-    if uncertainty not in ("variance", "entropy"):
-        raise ValueError(f"uncertainty must be 'variance' or 'entropy', got {uncertainty!r}")
-    dropouts = [m for m in model.modules() if _is_dropout(m)]
-    if not dropouts:
-        raise ValueError(
-            f"{type(model).__name__} has no dropout layers, so Monte-Carlo dropout would return the same "
-            "prediction every time; use a Bayesian model (e.g. 'bayesian_segnet')"
-        )
-    modes = {m: m.training for m in model.modules()}
-    cuda = [x.device] if x.device.type == "cuda" else []
-    try:
-        model.eval()
-        for m in dropouts:
-            m.train()
-        with torch.random.fork_rng(devices=cuda, enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
-            total = total_sq = None
-            for _ in range(samples):
-                probs = main_logits(model(x)).float().softmax(dim=1)
-                total = probs if total is None else total + probs
-                if uncertainty == "variance":
-                    sq = probs * probs
-                    total_sq = sq if total_sq is None else total_sq + sq
-    finally:
-        for m, training in modes.items():
-            m.train(training)
-    mean = total / samples
-    if uncertainty == "variance":
-        # E[p^2] - E[p]^2 (population variance, numpy's default as in the authors' script).
-        unc = (total_sq / samples - mean * mean).clamp_min(0).mean(dim=1)
-    else:
-        unc = -(mean * mean.clamp_min(1e-12).log()).sum(dim=1)
-    return mean, unc

@@ -16,6 +16,7 @@ from typing import Literal, Sequence
 import torch
 from torch import nn
 
+from imseg.models.base import SegmentationModel
 from imseg.models.encoders import Encoder, build_encoder
 from imseg.models.layers import ConvBNAct, init_weights, resize_to
 from imseg.models.registry import register_model
@@ -37,7 +38,7 @@ class DecoderBlock(nn.Module):
         return self.conv2(self.conv1(x))
 
 
-class UNet(nn.Module):
+class UNet(SegmentationModel):
     def __init__(
         self,
         encoder: Encoder,
@@ -45,8 +46,7 @@ class UNet(nn.Module):
         decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
         upsample: str = "nearest",
     ) -> None:
-        super().__init__()
-        self.encoder = encoder
+        super().__init__(encoder)
         # Skips: every encoder map but the deepest, from coarse to fine.
         self.skip_indices = list(range(len(encoder.channels) - 1))[::-1]
         finest = min(encoder.strides[i] for i in self.skip_indices) if self.skip_indices else encoder.output_stride
@@ -100,6 +100,4 @@ def unet(
     if upsample not in ("nearest", "bilinear"):
         raise ValueError(f"upsample must be 'nearest' or 'bilinear', got {upsample!r}")
     enc = build_encoder(encoder, in_channels=in_channels, output_stride=output_stride, weights=encoder_weights)
-    model = UNet(enc, num_classes, decoder_channels=tuple(decoder_channels), upsample=upsample)
-    model.preprocessing = enc.preprocessing.for_channels(in_channels)
-    return model
+    return UNet(enc, num_classes, decoder_channels=tuple(decoder_channels), upsample=upsample)

@@ -26,6 +26,7 @@ import math
 import torch
 from torch import nn
 
+from imseg.models.base import SegmentationModel
 from imseg.models.layers import crop_padding, pad_to_multiple
 from imseg.models.registry import register_model
 from imseg.preprocessing import TORCHVISION
@@ -42,7 +43,7 @@ def _double_conv(in_channels: int, out_channels: int, batch_norm: bool) -> nn.Se
     return nn.Sequential(*layers)
 
 
-class UNetOriginal(nn.Module):
+class UNetOriginal(SegmentationModel):
     def __init__(
         self,
         in_channels: int,
@@ -51,7 +52,9 @@ class UNetOriginal(nn.Module):
         batch_norm: bool = False,
         dropout: float = 0.5,
     ) -> None:
-        super().__init__()
+        # No encoder, and no pretrained weights in any torchvision/timm convention: normalise like
+        # every other model here.
+        super().__init__(encoder=None, preprocessing=TORCHVISION.for_channels(in_channels))
         self.multiple = 2 ** (len(widths) - 1)
         self.down = nn.ModuleList(
             _double_conv(cin, cout, batch_norm) for cin, cout in zip((in_channels, *widths[:-1]), widths)
@@ -120,7 +123,4 @@ def unet_original(
     dropout: float = 0.5,
 ) -> nn.Module:
     widths = tuple(base_channels * 2**i for i in range(5))
-    model = UNetOriginal(in_channels, num_classes, widths, batch_norm=batch_norm, dropout=dropout)
-    # No pretrained weights exist for it in any torchvision/timm convention: normalise like every other model.
-    model.preprocessing = TORCHVISION.for_channels(in_channels)
-    return model
+    return UNetOriginal(in_channels, num_classes, widths, batch_norm=batch_norm, dropout=dropout)

@@ -36,11 +36,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from imseg.models.encoders import (
-    Encoder,
-    _timm_weights_location,
-    register_encoder,
-)
+from imseg.models.encoders import Encoder, register_encoder
+from imseg.models.weights import timm_download_advice, timm_pretrained
 from imseg.preprocessing import Preprocessing
 
 # TF DeepLab / timm tf_in1k input convention: (2 / 255) * x - 1.
@@ -162,10 +159,9 @@ class XceptionEncoder(Encoder):
     first_conv = "stem.0.conv"
 
     def __init__(self, name: str, in_channels: int = 3, output_stride: int = 32) -> None:
-        super().__init__()
         if name not in LAYOUTS:
             raise ValueError(f"unknown Xception variant {name!r}; choose one of {sorted(LAYOUTS)}")
-        self.stem = nn.Sequential(ConvBN(in_channels, 32, 3, stride=2), ConvBN(32, 64, 3))
+        stem = nn.Sequential(ConvBN(in_channels, 32, 3, stride=2), ConvBN(32, 64, 3))
 
         stride, dilation, channels = 2, 1, 64
         blocks, taps, tap_channels, tap_strides = [], [], [], []
@@ -184,16 +180,18 @@ class XceptionEncoder(Encoder):
                     stride *= spec.stride
             blocks.append(XceptionModule(channels, spec, block_stride, block_dilation))
             channels = spec.out_channels[-1]
+        super().__init__(
+            name=name,
+            in_channels=in_channels,
+            channels=tap_channels + [channels],
+            strides=tap_strides + [stride],
+            output_stride=output_stride,
+            preprocessing=XCEPTION_PREPROCESSING.for_channels(in_channels),
+        )
+        self.stem = stem
         self.blocks = nn.Sequential(*blocks)
         self._taps = frozenset(taps)
         _init_tf_xception(self)
-
-        self.name = name
-        self.in_channels = in_channels
-        self.output_stride = output_stride
-        self.channels = tap_channels + [channels]
-        self.strides = tap_strides + [stride]
-        self.preprocessing = XCEPTION_PREPROCESSING.for_channels(in_channels)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(x)
@@ -208,20 +206,7 @@ class XceptionEncoder(Encoder):
     def imagenet_state(self) -> tuple[str, dict[str, torch.Tensor]]:
         """timm's ``*.tf_in1k`` port of TF DeepLab's ImageNet weights (timm's key names, like ours)."""
         tag = _IMAGENET_TAGS[self.name]
-        return f"timm:{tag}", _download_timm_state(tag)
-
-
-def _download_timm_state(tag: str) -> dict[str, torch.Tensor]:
-    import timm
-
-    try:
-        return timm.create_model(tag, pretrained=True).state_dict()
-    except Exception as e:  # HF hub / URL errors come in many classes
-        raise RuntimeError(
-            f"could not get the ImageNet weights {tag!r} ({type(e).__name__}: {e}). If this machine is offline, "
-            f"download {_timm_weights_location(tag)} on one that is online, copy it here and pass its path "
-            "instead of 'imagenet' (set HF_HUB_OFFLINE=1 to skip the download retries)."
-        ) from e
+        return f"timm:{tag}", timm_pretrained(tag, timm_download_advice(tag)).state_dict()
 
 
 @torch.no_grad()

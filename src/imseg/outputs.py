@@ -1,0 +1,23 @@
+"""What a model's ``forward`` returns, in a module of its own so losses, inference and the engine can
+read model outputs without importing the model zoo.
+
+A model returns its logits as a tensor, or a `SegOutput` when an auxiliary
+head is configured; `main_logits` takes the main logits from either.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+
+class SegOutput(NamedTuple):
+    """Returned by `forward` only when an auxiliary head is configured."""
+
+    out: torch.Tensor
+    aux: torch.Tensor
+
+
+def main_logits(output: torch.Tensor | SegOutput) -> torch.Tensor:
+    """The main logits of a model output, whether or not it carries aux logits."""
+    return output.out if isinstance(output, SegOutput) else output
