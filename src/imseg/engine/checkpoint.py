@@ -205,7 +205,7 @@ def read_model_file(path: str | Path, device: str | torch.device = "cpu") -> tup
     else:
         record = load_checkpoint(path)
         model = model_from_checkpoint(record, source=f"checkpoint {path}")
-        record = {k: v for k, v in record.items() if k not in ("state_dict", "optimizer", "scheduler", "scaler")}
+        record = {k: v for k, v in record.items() if k not in ("state_dict", "optimizer", "scheduler", "scaler", "ema")}
     return model.to(device).eval(), record
 
 
