@@ -8,20 +8,12 @@ their palettes are imseg's default palette (display only).
 """
 from __future__ import annotations
 
+from .palette import default_palette
+
 
 def voc_colormap(n: int = 256) -> list[tuple[int, int, int]]:
-    """The VOC devkit's colours: bits 0/1/2 of the id fill R/G/B from the top bit down, 3 bits at a time."""
-    colours = []
-    for label in range(n):
-        r = g = b = 0
-        value = label
-        for shift in range(7, -1, -1):
-            r |= ((value >> 0) & 1) << shift
-            g |= ((value >> 1) & 1) << shift
-            b |= ((value >> 2) & 1) << shift
-            value >>= 3
-        colours.append((r, g, b))
-    return colours
+    """The VOC devkit's colours (VOClabelcolormap): imseg's default palette is that rule."""
+    return default_palette(n)
 
 
 VOC_CLASSES = (
