@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 from PIL import Image
 
@@ -97,3 +98,24 @@ def test_a_one_based_index_folder_gets_the_reduce_zero_label_guess(tmp_path):
     code, out, _ = run_cli("check-data", tmp_path / "c.yaml", "--out", tmp_path / "r")
     assert code == 0, out
     assert "class_weights_median_frequency: {0: 1.0, 1: 1.0}" in out
+
+
+def test_multi_band_16_bit_tiffs_are_read_and_their_band_statistics_reported(tmp_path):
+    rasterio = pytest.importorskip("rasterio", reason="the [geo] extra (rasterio) is not installed")
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    bands = rng.integers(1000, 30000, (4, 8, 12)).astype(np.uint16)  # RGB + near-infrared, 16 bits
+    for stem in ("s0", "s1"):
+        with rasterio.open(root / "images" / f"{stem}.tif", "w", driver="GTiff", height=8, width=12, count=4,
+                           dtype="uint16", crs="EPSG:32633", transform=rasterio.transform.from_origin(0, 0, 1, 1)) as dst:
+            dst.write(bands)
+        Image.fromarray(_halves().astype(np.uint8)).save(root / "masks" / f"{stem}.png")
+    code, out, err = run_cli("check-data", root, "--out", tmp_path / "report")
+    assert code == 0, out + err
+    record = json.loads((tmp_path / "report" / "check-data.json").read_text())
+    assert record["image_modes"] == {"4-band uint16 TIFF": 2} and not record["errors"]
+    mean = record["suggestions"]["band_mean"]
+    # every second row and column, as the doctor samples them; 16-bit values, never squeezed into 0-255
+    np.testing.assert_allclose(mean, bands[:, ::2, ::2].reshape(4, -1).mean(1), rtol=1e-4)

@@ -105,3 +105,47 @@ def test_streamed_tiled_prediction_equals_whole_scene_sliding_windows_on_the_inp
     with rasterio.open(outputs[1]) as conf:
         top, entropy = conf.read(1), conf.read(2)
     assert conf.count == 2 and (top > 1 / 3 - 1e-6).all() and (top <= 1 + 1e-6).all() and (entropy >= -1e-6).all()
+
+
+def test_train_eval_predict_on_rasters_end_to_end(tmp_path):
+    """The commands a remote-sensing user runs: bands and their statistics come from the data, and travel."""
+    import json
+
+    import yaml
+
+    from imseg.engine.checkpoint import load_model
+    from tests.helpers import run_cli
+
+    data = tmp_path / "data"
+    _scene(data, "s0", seed=0)
+    _scene(data, "s1", seed=1)
+    (data / "train.txt").write_text("s0\n")
+    (data / "val.txt").write_text("s1\n")
+    cfg = {"model": {"name": "unet_original", "args": {"base_channels": 4}},  # no in_channels: the data says 4
+           "data": {"name": "raster", "root": str(data), "class_names": ["a", "b", "c"], "crop_size": [64, 96],
+                    "windows_per_epoch": 4, "batch_size": 2, "num_workers": 0,
+                    "splits": {"train": "train.txt", "val": "val.txt"}},
+           "optim": {"name": "adamw", "lr": 0.003, "weight_decay": 0.0},
+           "train": {"epochs": 2, "out_dir": str(tmp_path / "run"), "progress": False, "log_every": 1}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    code, _, err = run_cli("train", tmp_path / "cfg.yaml")
+    assert code == 0, err
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    meta = load_model(ckpt).meta
+    expected = build_dataset(_cfg(data, splits={"train": "train.txt"}), "train", train=True).band_preprocessing()
+    assert meta.spec["kwargs"]["in_channels"] == 4
+    np.testing.assert_allclose(meta.preprocessing.mean, expected.mean, rtol=1e-6)
+    np.testing.assert_allclose(meta.preprocessing.std, expected.std, rtol=1e-6)
+
+    code, _, err = run_cli("eval", ckpt, "--split", "val", "--no-report", "--out", tmp_path / "eval.json")
+    assert code == 0, err
+    scores = json.loads((tmp_path / "eval.json").read_text())
+    assert 0.0 <= scores["mIoU"] <= 1.0 and len(scores["per_class_iou"]) == 3
+
+    # No --raster: a model trained on rasters predicts GeoTIFFs tile by tile by itself.
+    code, _, err = run_cli("predict", ckpt, data / "images" / "s1.tif", "--out", tmp_path / "pred")
+    assert code == 0, err
+    with rasterio.open(tmp_path / "pred" / "s1.tif") as out, rasterio.open(data / "images" / "s1.tif") as src:
+        assert (out.crs, out.transform, out.width, out.height) == (src.crs, src.transform, src.width, src.height)
+        ids = out.read(1)
+    assert set(np.unique(ids)) <= {0, 1, 2, 255} and (ids[:20, :30] == 255).all()  # nodata stays nodata

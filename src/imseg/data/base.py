@@ -81,7 +81,26 @@ def load_image(path: Path, warn_alpha: Callable[[Path], None] | None = None) -> 
         raise DataError(f"cannot read image {path}: {e}") from e
 
 
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) of an image file from its header, without decoding the pixels.
+
+    TIFFs PIL cannot open (multi-band, 16-bit RGB) are asked through rasterio.
+    """
+    try:
+        with Image.open(path) as img:
+            return img.size[::-1]
+    except (OSError, UnidentifiedImageError):
+        if path.suffix.lower() not in _TIFF:
+            raise
+    return _with_tiff(path, lambda src: (src.height, src.width))
+
+
 def _read_tiff(path: Path) -> np.ndarray:
+    return _with_tiff(path, lambda src: np.moveaxis(src.read(), 0, -1))
+
+
+def _with_tiff(path: Path, read: Callable):
+    """``read(src)`` of the TIFF at ``path`` opened by rasterio (for what PIL cannot open), errors naming the file."""
     try:
         import rasterio
     except ImportError:
@@ -93,7 +112,7 @@ def _read_tiff(path: Path) -> np.ndarray:
         with _warnings.catch_warnings():
             _warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)  # a plain TIFF, not a map
             with rasterio.open(path) as src:
-                return np.moveaxis(src.read(), 0, -1)
+                return read(src)
     except rasterio.errors.RasterioIOError as e:
         raise DataError(f"cannot read image {path}: {e}") from None
 

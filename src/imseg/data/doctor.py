@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .base import DataError, list_some, load_mask_colours
+from .base import DataError, list_some, load_image, load_mask_colours
 from .classes import write_class_table
 from .folder import IMAGE_EXTENSIONS, MASK_EXTENSIONS
 
@@ -81,15 +81,26 @@ def _mask_kind_and_values(path: Path) -> tuple[str, np.ndarray]:
     return "colour", (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
 
 
+def _image_mode_and_pixels(path: Path) -> tuple[str, np.ndarray]:
+    """PIL's mode and the pixels; TIFFs PIL cannot open (multi-band, 16-bit RGB) through the data reader."""
+    try:
+        with Image.open(path) as img:
+            return img.mode, np.asarray(img)
+    except OSError:  # PIL's UnidentifiedImageError included
+        if path.suffix.lower() not in (".tif", ".tiff"):
+            raise
+    pixels = load_image(path)
+    return f"{pixels.shape[-1]}-band {pixels.dtype} TIFF", pixels
+
+
 def _survey_image(survey: Survey, split: str, image_path: Path) -> tuple[int, int] | None:
     try:
         data = image_path.read_bytes()
-        with Image.open(image_path) as img:
-            survey.image_modes[img.mode] += 1
-            pixels = np.asarray(img)
-    except OSError as e:
+        mode, pixels = _image_mode_and_pixels(image_path)
+    except (OSError, DataError) as e:
         survey.errors.append(f"image {image_path} cannot be read: {e}")
         return None
+    survey.image_modes[mode] += 1
     survey.hashes[hashlib.sha1(data).hexdigest()].append((split, str(image_path)))
     survey.add_bands(pixels if pixels.ndim == 3 else pixels[..., None])
     return pixels.shape[0], pixels.shape[1]

@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import torch
 
-from .base import SegmentationDataset
+from .base import SegmentationDataset, image_size
 
 
 def class_pixel_counts(dataset: SegmentationDataset) -> tuple[np.ndarray, np.ndarray]:
@@ -84,15 +84,10 @@ def warn_if_crops_are_mostly_padding(dataset: SegmentationDataset, crop_size, sc
     file headers (the first ``sample`` images), or from ``train_size`` when
     every image is resized to it. Returns whether it warned.
     """
-    from PIL import Image
-
     if train_size:
         h, w = train_size
     else:
-        sizes = []
-        for image_path, _ in dataset.files[:sample]:
-            with Image.open(image_path) as im:
-                sizes.append(im.size[::-1])
+        sizes = [image_size(image_path) for image_path, _ in dataset.files[:sample]]
         h, w = max(s[0] for s in sizes), max(s[1] for s in sizes)
     scale = max(scale_range)
     if crop_size[0] <= h * scale and crop_size[1] <= w * scale:

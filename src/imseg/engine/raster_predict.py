@@ -16,6 +16,7 @@ probability and the entropy per pixel.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -56,7 +57,7 @@ def predict_raster(model: nn.Module, source: str | Path, out: str | Path, tile: 
     model = model.eval().to(device)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with rasterio.open(source) as src:
+    with rasterio.Env(**_block_cache(source, tile)), rasterio.open(source) as src:
         if src.count != model.preprocessing.num_channels:
             raise ValueError(f"raster {source} has {src.count} bands but the model takes "
                              f"{model.preprocessing.num_channels}")
@@ -77,6 +78,23 @@ def predict_raster(model: nn.Module, source: str | Path, out: str | Path, tile: 
             for sink in sinks:
                 sink.close()
     return written
+
+
+def _block_cache(source: str | Path, tile: Sequence[int]) -> dict:
+    """GDAL's block cache, sized for this scene (unless GDAL_CACHEMAX is set).
+
+    GDAL's default cache is 5% of the machine's memory (1.2 GB of 24 GB),
+    and a streamed scene fills all of it with blocks it will never read again:
+    that alone took peak memory on a 10000x10000 scene from 1.5 GB to 2.1 GB.
+    Overlapping windows re-read only the blocks of the current and the
+    previous row of windows, so three rows of windows' worth is plenty.
+    """
+    if "GDAL_CACHEMAX" in os.environ:
+        return {}
+    rasterio = require_rasterio()
+    with rasterio.open(source) as src:
+        row_bytes = min(tile[0], src.height) * src.width * src.count * np.dtype(src.dtypes[0]).itemsize
+    return {"GDAL_CACHEMAX": int(min(max(3 * row_bytes, 64 * 2**20), 512 * 2**20))}
 
 
 def _stream(model, src, sinks, rows: list[int], cols: list[int], tile: tuple[int, int], window_batch: int,
