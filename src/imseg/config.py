@@ -29,7 +29,7 @@ class ModelConfig:
     # Keyword arguments for the model builder (encoder, output_stride, aux, ...).
     # They are checked against the builder's signature by create_model.
     args: dict[str, Any] = field(default_factory=dict)
-    # None: the encoder's own convention; or 'torchvision' / 'caffe' / a dict
+    # None: the encoder's own convention; or 'torchvision' / 'caffe' / 'inception' / a dict
     # with mean, std, channel_order, scale.
     preprocessing: Optional[Union[str, dict[str, Any]]] = None
 
@@ -85,6 +85,9 @@ class OptimConfig:
     warmup_iters: int = 0
     warmup_factor: float = 0.1
     min_lr: float = 0.0
+    # Fine-tuning: the encoder's learning rate is lr times this (0.1 is usual for an
+    # ImageNet-pretrained encoder: its features need nudging, the new decoder learning).
+    encoder_lr_mult: float = 1.0
 
 
 @dataclass
@@ -154,6 +157,12 @@ class TrainConfig:
     # optimiser step (0.999: a window of about 1000 steps). Validation and
     # best.pt use the averaged weights; last.pt holds both. None: off.
     ema_decay: Optional[float] = None
+    # Fine-tuning: train only the decoder for the first N epochs (the encoder gets no
+    # gradient and its BatchNorm statistics stay as loaded), then everything.
+    freeze_encoder_epochs: int = 0
+    # Keep every BatchNorm's running statistics as loaded (eval-mode normalisation while
+    # training; scales and shifts still learn): for small batches on pretrained weights.
+    freeze_bn_stats: bool = False
     # 'none', 'bf16', 'fp16', or 'auto': bf16 where it is native (CPUs with
     # AVX512-BF16 or AMX, CUDA GPUs with bf16), fp16 on older GPUs, float32 on
     # other CPUs (where bf16 is emulated and many times slower than float32).
@@ -327,7 +336,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "data.scale_range": _above(0),
     "optim.lr": _above(0), "optim.momentum": _COEFFICIENT, "optim.weight_decay": _at_least(0),
     "optim.betas": _COEFFICIENT, "optim.poly_power": _at_least(0), "optim.warmup_iters": _at_least(0),
-    "optim.warmup_factor": _FRACTION, "optim.min_lr": _at_least(0),
+    "optim.warmup_factor": _FRACTION, "optim.min_lr": _at_least(0), "optim.encoder_lr_mult": _at_least(0),
     "loss.aux_weight": _at_least(0),
     "eval.crop_size": _at_least(1), "eval.stride": _at_least(1), "eval.window_batch": _at_least(1),
     "eval.scales": _above(0),
@@ -336,7 +345,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "train.checkpoint_every_steps": _at_least(0), "train.keep_checkpoints": _at_least(1),
     "train.bn_momentum": _FRACTION, "train.grad_accum": _at_least(1), "train.log_every": _at_least(1),
     "train.grad_clip": _above(0), "train.threads": _at_least(1), "train.early_stop": _at_least(1),
-    "train.ema_decay": _OPEN_UNIT,
+    "train.ema_decay": _OPEN_UNIT, "train.freeze_encoder_epochs": _at_least(0),
 }
 
 

@@ -17,6 +17,7 @@ import torch
 
 from imseg.engine import distributed
 from imseg.engine.checkpoint import prune_checkpoints
+from imseg.engine.finetune import set_train_modes
 from imseg.engine.progress import progress
 from imseg.engine.run_log import RunLog
 from imseg.engine.run_state import save_run_checkpoint
@@ -46,8 +47,8 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
 
-def _start_epoch(run: Run, epoch: int, skip: int) -> None:
-    """Seed everything an epoch draws from by (seed, epoch), so that resuming repeats it."""
+def _start_epoch(run: Run, epoch: int, skip: int, log: Callable[[str], None]) -> None:
+    """Seed everything an epoch draws from by (seed, epoch), so that resuming repeats it; set train modes."""
     seed = epoch_seed(run.cfg.train.seed, epoch)
     seed_everything(seed)
     if skip and run.rng_state is not None:
@@ -55,13 +56,13 @@ def _start_epoch(run: Run, epoch: int, skip: int) -> None:
     run.generator.manual_seed(seed)
     run.train_ds.set_augmentation_seed(run.cfg.train.seed, epoch)
     run.sampler.set_epoch(epoch, skip)
-    run.train_model.train()
+    set_train_modes(run, epoch, log)
 
 
 def train_epoch(run: Run, epoch: int, logs: RunLog, log: Callable[[str], None]) -> EpochStats:
     """Train ``epoch`` (from where a resumed run stopped in it) until its end or the run's last step."""
     skip = run.start_batch if epoch == run.start_epoch else 0
-    _start_epoch(run, epoch, skip)
+    _start_epoch(run, epoch, skip, log)
     stats, start = EpochStats(), time.perf_counter()
     bar = progress(run.loader, f"epoch {epoch + 1}/{run.epochs}", enabled=run.cfg.train.progress and run.ctx.is_main,
                    initial=skip, total=run.batches_per_epoch)

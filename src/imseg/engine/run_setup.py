@@ -15,7 +15,6 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, Subset
 
@@ -24,6 +23,7 @@ from imseg.data import build_dataset, enet_weights, median_frequency_weights
 from imseg.data.stats import warn_if_crops_are_mostly_padding
 from imseg.engine import budget
 from imseg.engine.distributed import Context
+from imseg.engine.finetune import check_finetune, wrap_for_training
 from imseg.engine.ema import build_ema
 from imseg.engine.evaluate import evaluate
 from imseg.engine.inference import Inference, inference_from_config
@@ -118,11 +118,11 @@ def build_run(cfg: Config, ctx: Context, log: Callable[[str], None]) -> Run:
     if steps_per_epoch == 0:
         raise ValueError(f"train.grad_accum={cfg.train.grad_accum} is larger than the "
                          f"{len(train_ds) // cfg.data.batch_size} batches of an epoch")
+    check_finetune(cfg, model)
     device = ctx.device
-    train_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
-        if ctx.distributed else model
     return Run(
-        cfg=cfg, ctx=ctx, model=model, train_model=train_model, ema=build_ema(model, cfg.train.ema_decay),
+        cfg=cfg, ctx=ctx, model=model, train_model=wrap_for_training(model, ctx),
+        ema=build_ema(model, cfg.train.ema_decay),
         meta=meta, criterion=criterion, amp_dtype=amp_dtype,
         inference=inference_from_config(cfg.eval, meta.preprocessing, cfg.data.eval_size, amp_dtype),
         train_ds=train_ds, sampler=sampler, generator=generator, loader=loader, val_loader=val_loader,

@@ -7,19 +7,41 @@ from torch import nn
 from imseg.config import OptimConfig
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, encoder_lr: float | None = None) -> list[dict]:
+    """Decayed and undecayed parameters; with ``encoder_lr``, the encoder's in groups of their own at that LR.
+
+    Groups are kept even when empty, so that an optimiser state saved with the
+    encoder frozen (no gradients yet) loads into a run that unfreezes it.
+    """
     # Weight decay on normalisation scales and biases only shrinks them
     # towards zero for no regularising benefit; the usual practice (timm,
     # torchvision references) is to exempt every 1-D parameter.
-    decay, no_decay = [], []
+    encoder = {id(p) for p in model.encoder.parameters()} if encoder_lr is not None else set()
+    groups = {(enc, decay): [] for enc in (False, True) for decay in (True, False)}
     for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if p.requires_grad:  # fixed tensors (e.g. bilinear upsampling kernels) are not trained
+            groups[(id(p) in encoder, p.ndim > 1)].append(p)
+    out = []
+    for (enc, decay), params in groups.items():
+        if enc and encoder_lr is None:
+            continue
+        group = {"params": params, "weight_decay": weight_decay if decay else 0.0}
+        if enc:
+            group["lr"] = encoder_lr
+        out.append(group)
+    return out
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
+    """SGD or AdamW; the encoder at ``cfg.lr * cfg.encoder_lr_mult`` when that is not 1 (LambdaLR scales
+    every group's own initial LR, so the ratio holds through warm-up and decay)."""
+    encoder_lr = None
+    if cfg.encoder_lr_mult != 1.0:
+        if not isinstance(getattr(model, "encoder", None), nn.Module):
+            raise ValueError(f"optim.encoder_lr_mult={cfg.encoder_lr_mult}: model {type(model).__name__} has no "
+                             f"encoder to give another learning rate; set optim.encoder_lr_mult=1")
+        encoder_lr = cfg.lr * cfg.encoder_lr_mult
+    groups = param_groups(model, cfg.weight_decay, encoder_lr)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     if cfg.name == "adamw":
