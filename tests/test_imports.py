@@ -8,8 +8,10 @@ from pathlib import Path
 import imseg
 
 SRC = Path(imseg.__file__).parent
-# What the zoo may import from imseg: itself, and the neutral modules below everything.
-ZOO_MAY_IMPORT = ("imseg.models", "imseg.preprocessing", "imseg.outputs", "imseg.uncertainty", "imseg.catalogue")
+# What the zoo may import from imseg: itself, and the neutral modules below everything. imseg.pretrained
+# (the writer behind SegmentationModel.save_pretrained) reads only imseg.meta, never the engine or the zoo.
+ZOO_MAY_IMPORT = ("imseg.models", "imseg.preprocessing", "imseg.outputs", "imseg.uncertainty", "imseg.catalogue",
+                  "imseg.pretrained")
 
 
 def _module_name(path: Path) -> str:

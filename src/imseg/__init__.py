@@ -3,6 +3,7 @@
     import imseg
     model = imseg.create_model("deeplabv3plus", num_classes=11, encoder="resnet50")
     model = imseg.load_model("runs/demo/checkpoints/best.pt")
+    model = imseg.from_pretrained("owner/name")  # a folder from model.save_pretrained, or its hub id
     mask = imseg.predict(model, "street.png")
 
 The names below are imported on first use (PEP 562), so ``import imseg`` and
@@ -18,6 +19,7 @@ _EXPORTS = {
     "TORCHVISION": "imseg.preprocessing",
     "Preprocessing": "imseg.preprocessing",
     "create_model": "imseg.models.registry",
+    "from_pretrained": "imseg.hub",
     "list_models": "imseg.models.registry",
     "model_info": "imseg.models.registry",
     "load_model": "imseg.engine.checkpoint",

@@ -189,6 +189,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.format == "safetensors":
         print(f"wrote {export_safetensors(model, out)} (load it with imseg.load_model)")
         return 0
+    if args.format == "pretrained":
+        from imseg.pretrained import save_pretrained
+
+        print(f"wrote {save_pretrained(model, out)}/ (config.json, model.safetensors, README.md; "
+              f"load it with imseg.from_pretrained, or upload it with `hf upload OWNER/NAME {out} .`)")
+        return 0
     report = export_onnx(model, out, tuple(args.size), dynamic=not args.static, check=not args.no_check)
     print(json.dumps(report, indent=2))
     return 0
@@ -309,10 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--names", action="store_true", help="only the names, one per line")
     m.set_defaults(func=cmd_models)
 
-    x = sub.add_parser("export", help="export a checkpoint to ONNX (checked with onnxruntime) or safetensors")
+    x = sub.add_parser("export", help="export a checkpoint to ONNX (checked with onnxruntime), safetensors, or a "
+                                      "model folder in the Hugging Face Hub layout (pretrained)")
     x.add_argument("checkpoint")
-    x.add_argument("--format", choices=["onnx", "safetensors"], default="onnx")
-    x.add_argument("--out", required=True, help="output file (.onnx or .safetensors)")
+    x.add_argument("--format", choices=["onnx", "safetensors", "pretrained"], default="onnx")
+    x.add_argument("--out", required=True, help="output file (.onnx or .safetensors), or folder (pretrained)")
     x.add_argument("--size", nargs=2, type=int, default=[360, 480], metavar=("H", "W"), help="example input size")
     x.add_argument("--static", action="store_true", help="fix H x W to --size instead of dynamic")
     x.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")

@@ -5,6 +5,9 @@ with ``torch.load(weights_only=True)``: opening a checkpoint from someone
 else can never run code. It carries everything needed to rebuild the model
 and to predict exactly as training saw the data: the model spec, class
 names, palette, ignore index and preprocessing.
+
+Exported ``.safetensors`` files and model folders (imseg/pretrained.py) are
+read here too, so every command that takes a checkpoint takes them.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from torch import nn
 
 from imseg.meta import MetadataError, ModelMeta, attach
 from imseg.models.registry import create_model
+from imseg.pretrained import CONFIG_NAME, FORMAT as FOLDER_FORMAT, FORMAT_VERSION as FOLDER_VERSION, WEIGHTS_NAME
 
 FORMAT = "imseg-checkpoint-v1"
 METADATA_KEY = "imseg"  # the safetensors metadata entry and ONNX metadata_props key holding ModelMeta as JSON
@@ -146,6 +150,9 @@ def read_safetensors(path: Path) -> tuple[ModelMeta, dict[str, torch.Tensor]]:
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get(METADATA_KEY)
+            if raw is None and (path.parent / CONFIG_NAME).is_file():
+                raise CheckpointError(f"{path} holds bare tensors, the weights of a model folder: its metadata is "
+                                      f"in {path.parent / CONFIG_NAME}; pass the folder {path.parent} instead")
             if raw is None:
                 raise CheckpointError(
                     f"{path} holds {len(list(f.keys()))} bare tensors and no imseg metadata (key {METADATA_KEY!r}): "
@@ -162,6 +169,51 @@ def read_safetensors(path: Path) -> tuple[ModelMeta, dict[str, torch.Tensor]]:
         return ModelMeta.from_dict(info, str(path)), state
     except MetadataError as e:
         raise CheckpointError(str(e)) from None
+
+
+def read_pretrained_folder(folder: Path, label: str | None = None) -> tuple[ModelMeta, dict[str, torch.Tensor]]:
+    """The metadata and weights of a model folder (``config.json`` + ``model.safetensors``, imseg/pretrained.py).
+
+    ``label`` names the folder in errors (a hub id instead of its cache path); files are named ``label/file``.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    label = label or str(folder)
+    if not (folder / CONFIG_NAME).is_file():
+        run_folder = (folder / "checkpoints").is_dir()
+        run = " (it is a training run folder: pass its checkpoints/best.pt)" if run_folder else ""
+        raise CheckpointError(f"{label} is not an imseg model folder: it has no {CONFIG_NAME}{run}; expected "
+                              f"{CONFIG_NAME} and {WEIGHTS_NAME} as written by save_pretrained")
+    config = _folder_config(folder / CONFIG_NAME, f"{label}/{CONFIG_NAME}")
+    if not (folder / WEIGHTS_NAME).is_file():
+        raise CheckpointError(f"{label} has {CONFIG_NAME} but no {WEIGHTS_NAME}: the weights are missing")
+    try:
+        meta = ModelMeta.from_dict(config, f"{label}/{CONFIG_NAME}")
+        weights = load_file(str(folder / WEIGHTS_NAME))
+    except MetadataError as e:
+        raise CheckpointError(str(e)) from None
+    except SafetensorError as e:
+        raise CheckpointError(f"{label}/{WEIGHTS_NAME} cannot be read as safetensors: {e}") from None
+    return meta, weights
+
+
+def _folder_config(path: Path, name: str) -> dict[str, Any]:
+    """``config.json`` of a model folder, checked to be imseg's (a transformers or timm folder has one too)."""
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{name} is not valid JSON ({e})") from None
+    found = config.get("format") if isinstance(config, dict) else None
+    if found != FOLDER_FORMAT:
+        keys = sorted(config)[:8] if isinstance(config, dict) else f"a JSON {type(config).__name__}"
+        raise CheckpointError(f"{name} is not an imseg model config: 'format' is {found!r}, expected "
+                              f"{FOLDER_FORMAT!r} (it holds {keys}); a folder of another library does not load here")
+    version = config.get("format_version")
+    if not isinstance(version, int) or not 1 <= version <= FOLDER_VERSION:
+        raise CheckpointError(f"{name}: 'format_version' is {version!r}, this imseg reads 1 to {FOLDER_VERSION}; "
+                              f"a newer version needs a newer imseg")
+    return config
 
 
 def read_onnx_meta(path: str | Path) -> ModelMeta:
@@ -191,9 +243,12 @@ def _is_safetensors(path: Path) -> bool:
 
 
 def read_model_file(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Any model file imseg writes (a checkpoint, or exported ``.safetensors``): the model (eval mode) and
-    the file's training record (epoch, config, metrics; empty for an export)."""
+    """Any model file imseg writes (a checkpoint, exported ``.safetensors``, a model folder): the model (eval
+    mode) and the file's training record (epoch, config, metrics; empty for an export or a folder)."""
     path = Path(path)
+    if path.is_dir():
+        meta, weights = read_pretrained_folder(path)
+        return build_model(meta, weights, f"{path / WEIGHTS_NAME}").to(device).eval(), {}
     if not path.is_file():
         raise CheckpointError(f"model file {path} does not exist")
     if path.suffix == ".onnx":
@@ -210,7 +265,7 @@ def read_model_file(path: str | Path, device: str | torch.device = "cpu") -> tup
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """A model ready for inference (eval mode) from an imseg checkpoint or exported ``.safetensors``."""
+    """A model ready for inference (eval mode) from an imseg checkpoint, exported ``.safetensors`` or model folder."""
     return read_model_file(path, device)[0]
 
 

@@ -12,9 +12,13 @@ need their own. What all models share is what the engine reads off them:
   sets the stored one (`imseg.meta.attach` assigns it);
 * ``meta``: the `ModelMeta` (class names, palette, evaluation settings) once
   a trained model has them; None for a model fresh from `create_model`.
+
+``save_pretrained`` writes a model folder (imseg/pretrained.py); it is the
+one method beyond these, so every model has it.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -50,3 +54,10 @@ class SegmentationModel(nn.Module):
         if not isinstance(value, Preprocessing):
             raise TypeError(f"preprocessing must be a Preprocessing, got {type(value).__name__}")
         self._preprocessing = value
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write ``folder`` in the Hugging Face Hub layout (model.safetensors, config.json, README.md), for
+        `imseg.from_pretrained` or an upload to the Hub; return it."""
+        from imseg.pretrained import save_pretrained
+
+        return save_pretrained(self, folder)
