@@ -1,10 +1,12 @@
 """How raw pixels become network input: the data that travels with weights.
 
-Two conventions matter in practice and both are first-class here:
+Three conventions matter in practice and all are first-class here:
 
 * torchvision / timm weights: RGB, scaled to 0-1, ImageNet mean/std.
 * caffe VGG weights (FCN, SegNet, DeconvNet, DeepLab v1/v2 releases): BGR,
   0-255, the BGR mean 103.939/116.779/123.68 subtracted, no std.
+* TensorFlow "inception" weights (EfficientNet-Lite, TF DeepLab's Xception):
+  RGB scaled to [-1, 1], i.e. mean 0.5 and std 0.5 after scaling to 0-1.
 
 Feeding one network the other's input silently costs many mIoU points, so
 a `Preprocessing` is stored in every checkpoint and the same object
@@ -101,8 +103,11 @@ class Preprocessing:
 
 TORCHVISION = Preprocessing(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), channel_order="RGB", scale=1 / 255)
 CAFFE = Preprocessing(mean=(103.939, 116.779, 123.68), std=(1.0, 1.0, 1.0), channel_order="BGR", scale=1.0)
+INCEPTION = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), channel_order="RGB", scale=1 / 255)
 
-PRESETS: dict[str, Preprocessing] = {"torchvision": TORCHVISION, "imagenet": TORCHVISION, "caffe": CAFFE}
+PRESETS: dict[str, Preprocessing] = {
+    "torchvision": TORCHVISION, "imagenet": TORCHVISION, "caffe": CAFFE, "inception": INCEPTION,
+}
 
 
 def get_preprocessing(spec: str | Mapping[str, Any] | Preprocessing) -> Preprocessing:

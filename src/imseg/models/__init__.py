@@ -8,6 +8,7 @@ from imseg.models import dpc, xception  # noqa: F401  (DeepLab family: DPC model
 from imseg.models import gcn, pan, pspnet, refinenet  # noqa: F401  (registration side effect)
 from imseg.models import deconvnet, segnet, unet_original  # noqa: F401  (registration side effect)
 from imseg.models import autodeeplab, fdnet, hrnet  # noqa: F401  (registration side effect)
+from imseg.models import efficientnet_lite  # noqa: F401  (EfficientNet-Lite0/1/2 encoders)
 from imseg.models.base import SegmentationModel
 from imseg.models.encoders import Encoder, build_encoder, list_encoders
 from imseg.models.registry import (

@@ -15,7 +15,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from imseg.models.weights import adapt_first_conv, load_checked, read_state_dict
+from imseg.models.weight_registry import imagenet_entry, read_weights
+from imseg.models.weights import adapt_first_conv, load_checked
 from imseg.preprocessing import Preprocessing
 
 
@@ -106,27 +107,35 @@ class Encoder(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} must implement forward")
 
     def imagenet_state(self) -> tuple[str, dict[str, torch.Tensor]]:
-        """(where from, state dict) of this encoder's ImageNet weights; encoders that have some override it."""
-        raise ValueError(
-            f"there are no ImageNet weights to download for encoder {self.name!r}; "
-            "pass the path of a weights file instead"
-        )
+        """(where from, state dict) of this encoder's ImageNet weights.
+
+        By default the file weight_registry.py registers for the encoder,
+        downloaded into the torch.hub cache and hash-checked; encoders whose
+        weights come another way (torch.hub, timm) override it.
+        """
+        if imagenet_entry(self.name) is None:
+            raise ValueError(
+                f"there are no ImageNet weights to download for encoder {self.name!r}; "
+                "pass the path of a weights file instead"
+            )
+        return read_weights(self.name, "imagenet")
 
     def normalise_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Hook for weight files in an older key layout; the identity by default."""
         return state
 
     def load_weights(self, weights: str | os.PathLike, keep_classifier: bool = False) -> None:
-        """Load ``"imagenet"`` or a weights file, strictly, after dropping the classifier head.
+        """Load ``"imagenet"``, a registered package source or a weights file, strictly, without the classifier head.
 
-        A 3-channel first conv is adapted to ``in_channels``; with
-        ``keep_classifier`` the head's tensors stay on ``classifier_state``
-        (FCN turns VGG's fc6/fc7 into convolutions).
+        Files go through weight_registry.py: registered ones are hash-checked
+        and their keys converted to ours. A 3-channel first conv is adapted
+        to ``in_channels``; with ``keep_classifier`` the head's tensors stay
+        on ``classifier_state`` (FCN turns VGG's fc6/fc7 into convolutions).
         """
         if str(weights) == "imagenet":
             source, state = self.imagenet_state()
         else:
-            source, state = str(weights), read_state_dict(weights)
+            source, state = read_weights(self.name, weights)
         state = self.normalise_state(state)
         classifier = {k: v for k, v in state.items() if k.startswith(self.classifier_prefixes)}
         state = {k: v for k, v in state.items() if k not in classifier}

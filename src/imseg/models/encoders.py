@@ -4,8 +4,10 @@
 returns an `Encoder` (encoder_base.py: the contract every decoder reads):
 torchvision's ResNets, VGG16 and MobileNetV3s (torchvision_encoders.py), any
 timm model as ``"timm:<name>"`` (timm_encoder.py), and the backbones model
-families bring along (aligned Xception, DenseNet, HRNet) by registering
-them here. Weight files are read and checked by weights.py; output strides
+families bring along (aligned Xception, DenseNet, HRNet, EfficientNet-Lite)
+by registering them here. What ``weights`` may be, and the files imseg
+knows (URL, SHA-256, key layout, preprocessing, licence), is
+weight_registry.py; weights.py reads and checks the files; output strides
 below 32 come from the dilation in surgery.py.
 """
 from __future__ import annotations
@@ -85,8 +87,10 @@ def build_encoder(
             for 1 channel, repeated and rescaled for more).
         output_stride: 32, 16 or 8; below 32 the last stages are dilated.
         weights: None (random init), ``"imagenet"`` (downloaded with hash
-            check) or the path of a ``.pth``/``.pt``/``.safetensors`` file in
-            torchvision (or, for timm encoders, timm) format.
+            check), a package source of weight_registry.py (e.g.
+            ``"efficientnet_lite0"``: the file of an installed pip package)
+            or the path of a ``.pth``/``.pt``/``.safetensors`` file in
+            torchvision's, timm's or another registered key layout.
         keep_classifier: keep the ImageNet classifier tensors of the weights
             on ``encoder.classifier_state`` (torchvision encoders only).
         taps: which maps ``forward`` returns, as increasing indices (timm's

@@ -35,16 +35,15 @@ from imseg.models.encoders import Encoder, build_encoder, register_encoder
 from imseg.models.layers import ConvBNAct, init_weights, resize_to
 from imseg.models.registry import register_model
 from imseg.models.surgery import replace_first_conv
+from imseg.models.weight_registry import TORCHVISION_IMAGENET
 from imseg.models.weights import download_state_dict
 from imseg.outputs import SegOutput
 from imseg.preprocessing import TORCHVISION
 
-# ImageNet-1k weights of torchvision's DenseNets; DenseNet-264 (the paper's) has none.
+# ImageNet-1k weights of torchvision's DenseNets (registered in weight_registry.py);
+# DenseNet-264 (the paper's) has none.
 _DENSENET_WEIGHTS = {
-    "densenet121": torchvision.models.DenseNet121_Weights.IMAGENET1K_V1,
-    "densenet161": torchvision.models.DenseNet161_Weights.IMAGENET1K_V1,
-    "densenet169": torchvision.models.DenseNet169_Weights.IMAGENET1K_V1,
-    "densenet201": torchvision.models.DenseNet201_Weights.IMAGENET1K_V1,
+    name: TORCHVISION_IMAGENET[name] for name in ("densenet121", "densenet161", "densenet169", "densenet201")
 }
 # DenseNet-264 (Huang et al., Table 1): DenseNet-BC, growth rate 32, blocks of 6/12/64/48 layers.
 _DENSENET264 = {"growth_rate": 32, "block_config": (6, 12, 64, 48), "num_init_features": 64}

@@ -24,21 +24,15 @@ from torchvision.models import vgg as tv_vgg
 
 from imseg.models.encoder_base import Encoder, check_taps
 from imseg.models.surgery import dilate_conv, dilate_last_stages, replace_first_conv
+from imseg.models.weight_registry import TORCHVISION_IMAGENET
 from imseg.models.weights import download_state_dict
 from imseg.preprocessing import TORCHVISION
 
-# ImageNet-1k weights for "imagenet". IMAGENET1K_V1 everywhere because those are
-# the backbones torchvision's own segmentation models (FCN, DeepLabv3,
-# LR-ASPP) were trained from.
+# ImageNet-1k weights for "imagenet" (IMAGENET1K_V1; the table lives in weight_registry.py).
 TORCHVISION_WEIGHTS = {
-    "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
-    "resnet34": torchvision.models.ResNet34_Weights.IMAGENET1K_V1,
-    "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
-    "resnet101": torchvision.models.ResNet101_Weights.IMAGENET1K_V1,
-    "vgg16": torchvision.models.VGG16_Weights.IMAGENET1K_V1,
-    "vgg16_bn": torchvision.models.VGG16_BN_Weights.IMAGENET1K_V1,
-    "mobilenet_v3_large": torchvision.models.MobileNet_V3_Large_Weights.IMAGENET1K_V1,
-    "mobilenet_v3_small": torchvision.models.MobileNet_V3_Small_Weights.IMAGENET1K_V1,
+    name: TORCHVISION_IMAGENET[name]
+    for name in ("resnet18", "resnet34", "resnet50", "resnet101", "vgg16", "vgg16_bn",
+                 "mobilenet_v3_large", "mobilenet_v3_small")
 }
 
 
@@ -46,6 +40,7 @@ class TorchvisionEncoder(Encoder):
     """Shared weight loading for encoders that keep torchvision's module names."""
 
     def imagenet_state(self) -> tuple[str, dict[str, torch.Tensor]]:
+        # torch.hub's download checks the SHA-256 prefix the registry also records for these files.
         url = TORCHVISION_WEIGHTS[self.name].url
         return url, download_state_dict(url, f"the ImageNet weights of {self.name!r}")
 
