@@ -29,7 +29,7 @@ test-all: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=15
 
 demo: $(STAMP)
-	$(BIN)/imseg demo $(if $(IMSEG_DATA),--data-root $(IMSEG_DATA),)
+	$(BIN)/imseg demo $(if $(IMSEG_DATA),--data-root $(IMSEG_DATA),) $(if $(filter scratch,$(DEMO)),--scratch,)
 
 # CamVid from scratch (docs/benchmarks.md): each writes benchmarks/results/camvid-*.json.
 bench-camvid: $(STAMP)

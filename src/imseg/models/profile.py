@@ -46,7 +46,12 @@ def _forward_flops(model: torch.nn.Module, x: torch.Tensor) -> int:
 
 
 def profile_model(name: str, num_classes: int = 11, size: tuple[int, int] = (360, 480), **kwargs) -> Profile:
-    """Params and forward GFLOPs of ``create_model(name, num_classes, **kwargs)`` at ``size`` (H, W)."""
+    """Params and forward GFLOPs of ``create_model(name, num_classes, **kwargs)`` at ``size`` (H, W).
+
+    Weights change neither, so ``encoder_weights`` is dropped: loading them into a meta-device model
+    would read the file for nothing (and warn once per tensor).
+    """
+    kwargs = {k: v for k, v in kwargs.items() if k != "encoder_weights"}
     try:
         with torch.device("meta"):
             model = create_model(name, num_classes, **kwargs).eval()
