@@ -15,7 +15,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from imseg.config import load_config
-from imseg.engine import run_setup
+from imseg.engine import finetune
 from imseg.engine.train import train
 
 counts = {"all_reduce": 0, "gradient_buckets": 0}
@@ -33,7 +33,7 @@ def _counting_hook(state, bucket):
     return _all_reduce(tensor, async_op=True).get_future().then(lambda fut: fut.value()[0])
 
 
-class CountingDDP(run_setup.DistributedDataParallel):
+class CountingDDP(finetune.DistributedDataParallel):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.register_comm_hook(None, _counting_hook)
@@ -41,7 +41,7 @@ class CountingDDP(run_setup.DistributedDataParallel):
 
 def main(config: str, out_dir: str) -> None:
     dist.all_reduce = _counting_all_reduce
-    run_setup.DistributedDataParallel = CountingDDP
+    finetune.DistributedDataParallel = CountingDDP  # wrap_for_training builds the wrapper there
     summary = train(load_config(config), log=lambda message: None)
     counts["steps"] = summary["total_steps"]
     Path(out_dir, f"counts-{os.environ['RANK']}.json").write_text(json.dumps(counts))

@@ -185,3 +185,21 @@ def test_two_processes_accumulating_follow_one_process(runs, counted):
     b = load_checkpoint(runs / "count4" / "checkpoints" / "last.pt")["state_dict"]
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
+
+
+def test_a_frozen_then_unfrozen_encoder_trains_under_two_processes_as_under_one(tmp_path):
+    """The DDP wrapper is rebuilt when the encoder unfreezes: were it kept, the encoder's gradients
+    would not be averaged across processes and rank 0's weights would drift from the one-process run."""
+    root = _synthetic(tmp_path / "data")
+    for name, extra in (("one", []), ("two", ["--nproc", "2"])):
+        cfg = _config(root, tmp_path / name)
+        cfg["model"] = {"name": "lraspp", "args": {"encoder": "mobilenet_v3_small"}}
+        # BatchNorm in eval mode: batch statistics would differ between 4 images and two halves of 2.
+        cfg["train"].update({"freeze_encoder_epochs": 1, "freeze_bn_stats": True})
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+        proc = _run(["train", tmp_path / f"{name}.yaml", *extra])
+        assert "epoch 2: encoder unfrozen" in proc.stdout
+    a = load_checkpoint(tmp_path / "one" / "checkpoints" / "last.pt")["state_dict"]
+    b = load_checkpoint(tmp_path / "two" / "checkpoints" / "last.pt")["state_dict"]
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
