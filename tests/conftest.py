@@ -25,6 +25,15 @@ def camvid_root() -> Path:
         pytest.skip(f"CamVid not available (set IMSEG_DATA or put it at ../shared/data/camvid): {e}")
 
 
+@pytest.fixture(scope="module")
+def tiny_root(camvid_root, tmp_path_factory) -> Path:
+    """Two downscaled (64x96) CamVid images per split in CamVid's layout, made once per test module
+    (a module needing another size defines its own ``tiny_root``)."""
+    from tests.helpers import tiny_camvid_folder
+
+    return tiny_camvid_folder(camvid_root, tmp_path_factory.mktemp("tiny"), n=2, size=(64, 96))
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -91,3 +91,21 @@ def run_cli(*args) -> tuple[int, str, str]:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main([str(a) for a in args])
     return code, out.getvalue(), err.getvalue()
+
+
+def small_model_with_meta():
+    """A tiny U-Net (eval mode) carrying metadata unlike any default: caffe preprocessing, named classes, an
+    odd ignore index, sliding-window evaluation, a data section. Round trips must keep every field."""
+    import torch
+
+    from imseg.meta import ModelMeta, attach
+    from imseg.models import create_model
+    from imseg.preprocessing import CAFFE
+
+    torch.manual_seed(0)
+    net = create_model("unet_original", 3, base_channels=4, batch_norm=True)
+    meta = ModelMeta(spec=net.imseg_spec, preprocessing=CAFFE, class_names=("sky", "road", "car"),
+                     palette=((1, 2, 3), (4, 5, 6), (7, 8, 9)), ignore_index=11, eval_size=(64, 96),
+                     eval_settings={"mode": "slide", "crop_size": [32, 32]},
+                     data={"name": "folder", "root": "/data/x"})
+    return attach(net, meta).eval()

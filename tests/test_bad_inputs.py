@@ -141,13 +141,6 @@ def test_a_killed_checkpoint_write_leaves_a_temporary_the_next_start_removes(tmp
 
 
 @pytest.fixture(scope="module")
-def tiny_root(camvid_root, tmp_path_factory):
-    from tests.helpers import tiny_camvid_folder
-
-    return tiny_camvid_folder(camvid_root, tmp_path_factory.mktemp("tiny"), n=2, size=(64, 96))
-
-
-@pytest.fixture(scope="module")
 def trained_checkpoint(tiny_root, tmp_path_factory):
     from imseg.config import config_from_dict
     from imseg.engine.train import train

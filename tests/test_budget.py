@@ -14,7 +14,7 @@ from imseg.config import config_from_dict, load_config
 from imseg.engine import budget, runtime
 from imseg.engine.checkpoint import load_checkpoint
 from imseg.engine.train import train
-from tests.helpers import tiny_camvid_folder, tiny_config
+from tests.helpers import tiny_config
 
 CPU = torch.device("cpu")
 
@@ -110,11 +110,6 @@ def test_steps_within_is_the_largest_count_that_fits():
 
 
 # ------------------------------------------------------------------ budgeted runs
-
-
-@pytest.fixture(scope="module")
-def tiny_root(camvid_root, tmp_path_factory):
-    return tiny_camvid_folder(camvid_root, tmp_path_factory.mktemp("tiny"), n=2, size=(64, 96))
 
 
 def _cfg(root, out_dir, **overrides):

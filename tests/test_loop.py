@@ -14,14 +14,9 @@ import imseg.engine.train as train_module
 from imseg.config import config_from_dict
 from imseg.engine.checkpoint import load_checkpoint
 from imseg.engine.train import train
-from tests.helpers import tiny_camvid_folder, tiny_config
+from tests.helpers import tiny_config
 
 pytestmark = pytest.mark.filterwarnings("ignore:split 'val' of")  # the tiny folder validates on its own images
-
-
-@pytest.fixture(scope="module")
-def tiny_root(camvid_root, tmp_path_factory):
-    return tiny_camvid_folder(camvid_root, tmp_path_factory.mktemp("tiny"), n=2, size=(64, 96))
 
 
 def _cfg(root, out_dir, **overrides):

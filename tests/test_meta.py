@@ -6,20 +6,14 @@ import torch
 
 from imseg.engine.checkpoint import load_model, read_onnx_meta, save_checkpoint
 from imseg.engine.export import export_onnx, export_safetensors
-from imseg.meta import MetadataError, ModelMeta, attach
-from imseg.models import create_model
+from imseg.meta import MetadataError, ModelMeta
 from imseg.preprocessing import CAFFE
+from tests.helpers import small_model_with_meta
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    net = create_model("unet_original", 3, base_channels=4, batch_norm=True)
-    meta = ModelMeta(spec=net.imseg_spec, preprocessing=CAFFE, class_names=("sky", "road", "car"),
-                     palette=((1, 2, 3), (4, 5, 6), (7, 8, 9)), ignore_index=11, eval_size=(64, 96),
-                     eval_settings={"mode": "slide", "crop_size": [32, 32]},
-                     data={"name": "folder", "root": "/data/x"})
-    return attach(net, meta).eval()
+    return small_model_with_meta()
 
 
 def test_meta_round_trips_through_a_dict(model):

@@ -17,21 +17,13 @@ from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundEr
 
 import imseg
 from imseg.engine.checkpoint import CheckpointError, load_model, save_checkpoint
-from imseg.meta import ModelMeta, attach
 from imseg.models import create_model
-from imseg.preprocessing import CAFFE
-from tests.helpers import run_cli
+from tests.helpers import run_cli, small_model_with_meta
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    net = create_model("unet_original", 3, base_channels=4, batch_norm=True)
-    meta = ModelMeta(spec=net.imseg_spec, preprocessing=CAFFE, class_names=("sky", "road", "car"),
-                     palette=((1, 2, 3), (4, 5, 6), (7, 8, 9)), ignore_index=11, eval_size=(64, 96),
-                     eval_settings={"mode": "slide", "crop_size": [32, 32]},
-                     data={"name": "folder", "root": "/data/x"})
-    return attach(net, meta).eval()
+    return small_model_with_meta()
 
 
 @pytest.fixture(scope="module")
