@@ -88,11 +88,13 @@ def _ours_deeplabv3plus_in_smp_layout():
 # (label, imseg builder, peer, peer builder, input size)
 PAIRS = [
     ("FCN-ResNet50", _ours("fcn_resnet50"), "torchvision", _tv("fcn_resnet50", aux_loss=False), (360, 480)),
+    # torchvision's DeepLabV3 configuration: no multi-grid (the paper's default here), rates 12/24/36, a head conv.
     ("DeepLabV3-ResNet50", _ours("deeplabv3", encoder="resnet50", output_stride=8, aspp_rates=(12, 24, 36),
-                                 head_conv=True), "torchvision", _tv("deeplabv3_resnet50", aux_loss=False), (360, 480)),
-    ("DeepLabV3-MobileNetV3-Large", _ours("deeplabv3", encoder="mobilenet_v3_large", output_stride=16,
-                                          head_conv=True), "torchvision", _tv("deeplabv3_mobilenet_v3_large", aux_loss=False),
+                                 head_conv=True, multi_grid=None), "torchvision", _tv("deeplabv3_resnet50", aux_loss=False),
      (360, 480)),
+    ("DeepLabV3-MobileNetV3-Large", _ours("deeplabv3", encoder="mobilenet_v3_large", output_stride=16,
+                                          head_conv=True, multi_grid=None), "torchvision",
+     _tv("deeplabv3_mobilenet_v3_large", aux_loss=False), (360, 480)),
     ("LR-ASPP-MobileNetV3-Large", _ours("lraspp"), "torchvision", _tv("lraspp_mobilenet_v3_large"), (360, 480)),
     ("U-Net ResNet-34", _ours("unet", encoder="resnet34"), "smp", _smp("Unet", "resnet34"), (352, 480)),
     ("PSPNet ResNet-34", _ours("pspnet", encoder="resnet34"), "smp", _smp("PSPNet", "resnet34"), (352, 480)),

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from imseg.losses import (
     LOSSES,
+    BoundaryAwareCrossEntropyLoss,
     BoundaryLoss,
     CompositeLoss,
     CrossEntropyLoss,
@@ -227,6 +228,22 @@ def ref_boundary(logits, target, theta0=3, theta=5):
     return float(np.mean(losses)) if losses else 0.0
 
 
+def ref_boundary_aware(logits, target, distances, alphas, weights=None):
+    """FDNet's boundary-aware CE as we define it: each pixel's CE times alphas[band], where band counts the
+    distances its chessboard distance to the nearest valid pixel of another class exceeds; weighted mean."""
+    x, t = as_np(logits, target)
+    w = np.ones(x.shape[1]) if weights is None else np.asarray(weights, dtype=float)
+    logp = np.log(np_softmax(x))
+    num = den = 0.0
+    for b, i, j in valid_pixels(t):
+        others = [max(abs(i - q), abs(j - r)) for _, q, r in valid_pixels(t, [b]) if t[b, q, r] != t[b, i, j]]
+        dist = min(others, default=math.inf)
+        a = alphas[sum(dist > d for d in distances)] * w[t[b, i, j]]
+        num += a * -logp[b, t[b, i, j], i, j]
+        den += a
+    return num / den if den > 0 else 0.0
+
+
 def close(value: torch.Tensor, expected: float, rel: float = 1e-5, abs: float = 1e-6) -> bool:
     return value.item() == pytest.approx(expected, rel=rel, abs=abs)
 
@@ -341,6 +358,40 @@ def test_boundary(kind):
     assert close(value, ref_boundary(logits, target))
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("distances, alphas", [((1, 2), (3.0, 2.0, 1.0)), ((2,), (5.0, 0.5))])
+def test_boundary_aware(kind, distances, alphas):
+    logits, target = make_case(kind)
+    w = [1.0, 2.0, 0.5, 3.0]
+    value = BoundaryAwareCrossEntropyLoss(IGNORE, distances, alphas, class_weights=w)(logits, target)
+    assert close(value, ref_boundary_aware(logits, target, distances, alphas, w))
+
+
+def test_boundary_aware_weights_pixels_near_boundaries_and_equal_alphas_are_ce():
+    target = torch.zeros(1, 16, 16, dtype=torch.long)
+    target[0, :, 8:] = 1  # one vertical boundary between columns 7 and 8
+    logits = torch.zeros(1, 2, 16, 16)
+    logits[:, 1, :, 0] = 5.0  # wrong far from the boundary (column 0: 8 pixels away)
+    far = BoundaryAwareCrossEntropyLoss(IGNORE, distances=(1, 4), alphas=(4.0, 2.0, 1.0))(logits, target)
+    near_logits = torch.zeros(1, 2, 16, 16)
+    near_logits[:, 1, :, 7] = 5.0  # the same mistake next to the boundary
+    near = BoundaryAwareCrossEntropyLoss(IGNORE, distances=(1, 4), alphas=(4.0, 2.0, 1.0))(near_logits, target)
+    assert near.item() > far.item()
+    logits, target = make_case("scattered")
+    equal = BoundaryAwareCrossEntropyLoss(IGNORE, distances=(1, 3), alphas=(2.0, 2.0, 2.0))(logits, target)
+    torch.testing.assert_close(equal, CrossEntropyLoss(IGNORE)(logits, target))
+
+
+def test_boundary_aware_from_a_config_term_and_bad_parameters():
+    logits, target = make_case("scattered")
+    loss = build_loss([{"name": "boundary_aware", "distances": [1, 2], "alphas": [3, 2, 1]}], ignore_index=IGNORE)
+    assert close(loss(logits, target), ref_boundary_aware(logits, target, (1, 2), (3, 2, 1)))
+    with pytest.raises(ValueError, match="increasing positive ints"):
+        BoundaryAwareCrossEntropyLoss(IGNORE, distances=(4, 2))
+    with pytest.raises(ValueError, match="alphas needs 3 positive weights"):
+        BoundaryAwareCrossEntropyLoss(IGNORE, distances=(1, 2), alphas=(2.0, 1.0))
+
+
 def test_boundary_other_windows():
     logits, target = make_case("scattered", seed=3)
     value = BoundaryLoss(IGNORE, theta0=5, theta=7)(logits, target)
@@ -374,6 +425,7 @@ ALL_LOSSES = {
     "lovasz": lambda: LovaszSoftmaxLoss(IGNORE),
     "lovasz_image_all": lambda: LovaszSoftmaxLoss(IGNORE, per_image=True, classes="all"),
     "boundary": lambda: BoundaryLoss(IGNORE),
+    "boundary_aware": lambda: BoundaryAwareCrossEntropyLoss(IGNORE, (1, 2), (3.0, 2.0, 1.0), [1.0, 2.0, 0.5, 3.0]),
     "composite": lambda: build_loss(
         [{"name": n} for n in LOSSES], ignore_index=IGNORE, class_weights=[1.0, 2.0, 0.5, 3.0]
     ),

@@ -14,6 +14,7 @@ from imseg.models.fcn import (
     FCN,
     FCN_CAFFE_PREPROCESSING,
     CaffeMaxPool,
+    FCN8sAtOnce,
     FixedBilinearUpsample,
     _crop,
     load_torchvision_fcn,
@@ -22,9 +23,9 @@ from imseg.models.layers import upsampling_deconv
 from imseg.preprocessing import TORCHVISION
 
 # fc6 at 4096 channels is 103M parameters: the registry-wide tests use a slim one.
-FAST_KWARGS: dict[str, dict] = {name: {"fc_channels": 32} for name in ("fcn32s", "fcn16s", "fcn8s")}
+FAST_KWARGS: dict[str, dict] = {name: {"fc_channels": 32} for name in ("fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce")}
 
-VGG_FCNS = ("fcn32s", "fcn16s", "fcn8s")
+VGG_FCNS = ("fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce")
 K = 5
 
 
@@ -86,7 +87,7 @@ def test_caffe_max_pool_rounds_up_like_ceil_mode(size) -> None:
     torch.testing.assert_close(CaffeMaxPool()(x), F.max_pool2d(x, 2, 2, ceil_mode=True))
 
 
-@pytest.mark.parametrize("name, final", [("fcn32s", 19), ("fcn16s", 27), ("fcn8s", 31)])
+@pytest.mark.parametrize("name, final", [("fcn32s", 19), ("fcn16s", 27), ("fcn8s", 31), ("fcn8s_atonce", 31)])
 def test_crop_offsets_follow_from_the_layer_geometry(name: str, final: int) -> None:
     """The hard-coded offsets are what caffe.coord_map derives from the modules as built."""
     model = slim(name)
@@ -101,7 +102,7 @@ def test_crop_offsets_follow_from_the_layer_geometry(name: str, final: int) -> N
         a4, b4 = coord_map(features[: pools[3] + 1])
         assert a == a4 == 16 and (b - b4) / 16 == 5  # score_pool4 cropped at 5
         chain = up2 + [model.upscore16] if name == "fcn16s" else up2 + [model.upscore_pool4]
-        if name == "fcn8s":
+        if name.startswith("fcn8s"):
             a, b = coord_map(chain)
             a3, b3 = coord_map(features[: pools[2] + 1])
             assert a == a3 == 8 and (b - b3) / 8 == 9  # score_pool3 cropped at 9
@@ -141,16 +142,33 @@ def test_camvid_size_comes_back(name: str) -> None:
 # --------------------------------------------------------------------------- layers and init
 
 
-def test_skip_scores_start_at_zero_and_2x_upsamplers_learn() -> None:
+def test_score_layers_start_at_zero_and_2x_upsamplers_learn() -> None:
+    """Paper sec. 4.3 and Caffe's default filler: every class-scoring layer is zero-initialised. fc7 and
+    below then learn from the second step on (tests/test_models.py::test_every_parameter_learns)."""
     model = slim("fcn8s")
-    for conv in (model.score_pool4, model.score_pool3):
+    for conv in (model.score_fr, model.score_pool4, model.score_pool3):
         assert not conv.weight.any() and not conv.bias.any()
-    assert model.score_fr.weight.any()  # a zero score_fr would leave fc7 and below without gradient
     params = dict(model.named_parameters())
     assert "upscore2.weight" in params and "upscore_pool4.weight" in params
     # The final upsampling is fixed: a buffer, neither a parameter nor checkpoint state.
     assert not any(k.startswith("upscore8") for k in params)
     assert not any(k.startswith("upscore8") for k in model.state_dict())
+
+
+def test_fcn8s_atonce_scales_pool4_and_pool3_before_scoring() -> None:
+    """voc-fcn8s-atonce: fixed Scale layers (x0.01 on pool4, x0.0001 on pool3) in front of the score convs.
+    Scoring a scaled map is scoring the map with scaled weights: the at-once net with weights W equals FCN-8s
+    with its skip weights times the scales."""
+    atonce, reference = (create_model(name, K, fc_channels=8).eval() for name in ("fcn8s_atonce", "fcn8s"))
+    assert isinstance(atonce, FCN8sAtOnce) and (atonce.pool4_scale, atonce.pool3_scale) == (0.01, 1e-4)
+    assert set(atonce.state_dict()) == set(reference.state_dict())
+    state = {k: torch.randn_like(v) if k.startswith(("score_", "fc")) else v for k, v in atonce.state_dict().items()}
+    atonce.load_state_dict(state)
+    reference.load_state_dict(dict(state, **{"score_pool4.weight": state["score_pool4.weight"] * 0.01,
+                                             "score_pool3.weight": state["score_pool3.weight"] * 1e-4}))
+    x = torch.randn(1, 3, 37, 45)
+    with torch.no_grad():
+        torch.testing.assert_close(atonce(x), reference(x), rtol=1e-4, atol=1e-4)
 
 
 def test_fixed_upsampler_is_the_bilinear_deconv() -> None:

@@ -9,13 +9,15 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from imseg.losses import build_loss
 from imseg.models import SegOutput, build_encoder, create_model
 from imseg.models.autodeeplab import GENOTYPE, PATH, AtrousConvOp, SepConvOp, drop_path
-from imseg.models.fdnet import DenseNetEncoder
+from imseg.models.torchvision_encoders import DenseNetEncoder
 from imseg.models.hrnet import HRNET_CLASSIFIER_PREFIXES, HRNET_CONFIGS, SpatialGather
 
-# Every model here runs the registry-wide tests at its paper size in a few seconds.
-FAST_KWARGS: dict[str, dict] = {}
+# Every model here runs the registry-wide tests at its paper size in a few seconds; the generic autodeeplab
+# (by default autodeeplab_s again) runs them on a short path ending at stride 32 with a small F instead.
+FAST_KWARGS: dict[str, dict] = {"autodeeplab": {"filter_multiplier": 4, "path": [0, 1, 2, 3]}}
 
 CITYSCAPES = 19
 
@@ -35,6 +37,27 @@ def _seed():
 def test_hrnet_w18_small_v2_has_the_published_parameter_count() -> None:
     model = create_model("hrnetv2_w18_small", CITYSCAPES)
     assert n_params(model) == pytest.approx(3.9e6, rel=0.02)
+
+
+def test_hrnet_w18_small_v1_has_the_published_parameter_count_and_timms_layout(tmp_path) -> None:
+    """HRNet-Semantic-Segmentation's table: HRNetV2-W18-Small-v1, 1.5M parameters (Cityscapes, 19 classes).
+
+    The figure is rounded to 0.1M, so the tolerance is its rounding interval, +-0.05M: we count 1,540,819
+    (backbone 1,477,920, equal to timm's hrnet_w18_small without its classification head; head 62,899).
+    """
+    model = create_model("hrnetv2_w18_small_v1", CITYSCAPES)
+    assert n_params(model) == pytest.approx(1.5e6, abs=0.05e6)
+    assert n_params(model) == 1_540_819
+    enc = model.encoder
+    assert enc.channels == [16, 32, 64, 128] and model.last_layer[0].in_channels == 240
+    assert len(enc.layer1) == 1 and enc.layer1[0].conv3.out_channels == 128
+    assert [len(enc.stage2), len(enc.stage3), len(enc.stage4)] == [1, 1, 1]
+    reference = timm.create_model("hrnet_w18_small", pretrained=False).state_dict()
+    path = tmp_path / "hrnet_w18_small.pth"
+    torch.save(reference, path)
+    loaded = create_model("hrnetv2_w18_small_v1", 3, encoder_weights=str(path)).encoder
+    fuse_weight = loaded.stage4[0].fuse_layers[0][3][0].weight
+    torch.testing.assert_close(fuse_weight, reference["stage4.0.fuse_layers.0.3.0.weight"])
 
 
 @pytest.mark.slow
@@ -204,6 +227,8 @@ def test_scheduled_drop_path() -> None:
 
 
 def test_fdnet_aggregates_all_previous_blocks_and_supervises_deeply() -> None:
+    """Fig. 3: every aggregated map (aggregation 1, the aux output; aggregation 2, the main one) is upsampled to
+    H x W x C and scored, here by the boundary-aware loss and CE together, as the paper's multiple losses."""
     model = create_model("fdnet", 4, aux=True).train()
     assert model.encoder.strides == [2, 4, 8, 16, 16]  # "FDNet-16s"
     # Aggregation 1: dense blocks 1-4 (256 + 512 + 1024 + 1024); aggregation 2 adds decoder block 5.
@@ -212,8 +237,12 @@ def test_fdnet_aggregates_all_previous_blocks_and_supervises_deeply() -> None:
     assert len(model.denseblock5) == 6
     out = model(torch.randn(2, 3, 65, 83))
     assert isinstance(out, SegOutput) and out.out.shape == out.aux.shape == (2, 4, 65, 83)
-    (out.out.mean() + out.aux.mean()).backward()
-    assert all(p.grad is not None for p in model.parameters())
+    target = torch.randint(0, 4, (2, 65, 83))
+    loss = build_loss([{"name": "ce"}, {"name": "boundary_aware"}], ignore_index=255, aux_weight=1.0)
+    terms = build_loss([{"name": "ce"}, {"name": "boundary_aware"}], ignore_index=255)
+    torch.testing.assert_close(loss(out, target), terms(out.out, target) + terms(out.aux, target))
+    loss(out, target).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
 def test_densenet_encoder_loads_torchvision_files_and_matches_torchvision(tmp_path) -> None:
@@ -242,5 +271,7 @@ def test_densenet_dilation_and_densenet264() -> None:
     enc264 = DenseNetEncoder("densenet264")
     assert [len(getattr(enc264.features, f"denseblock{i}")) for i in range(1, 5)] == [6, 12, 64, 48]
     assert enc264.channels == [64, 256, 512, 2304, 2688]
+    assert n_params(enc264) == 30_648_704  # torchvision's DenseNet(32, (6, 12, 64, 48)) without its classifier
+    assert create_model("fdnet", 3, encoder="densenet264").encoder.name == "densenet264"
     with pytest.raises(ValueError, match="no ImageNet weights for encoder 'densenet264'"):
         enc264.load_weights("imagenet")

@@ -1,4 +1,4 @@
-"""The `imseg` command: train, eval, predict, models, plot, demo."""
+"""The `imseg` command: train, search, eval, predict, models, plot, demo."""
 from __future__ import annotations
 
 import argparse
@@ -32,6 +32,53 @@ def cmd_train(args: argparse.Namespace) -> int:
         if best is not None:
             print(f"best val mIoU: {100 * best:.1f}")
     return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from imseg.search.config import load_search_config
+
+    if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ and not args.random:
+        return _relaunch_with_torchrun(args.nproc, sys.argv[1:])
+    overrides = list(args.set or [])
+    if args.data_root:
+        overrides.append(f"data.root={args.data_root}")
+    if args.out_dir:
+        overrides.append(f"search.out_dir={args.out_dir}")
+    cfg = load_search_config(args.config, overrides)
+    if args.random:
+        from imseg.search.decode import genotype_lines, random_architecture, write_architecture
+
+        arch = random_architecture(cfg.space.layers, cfg.space.filter_multiplier, seed=cfg.search.seed)
+        written = write_architecture(arch, args.random, about=f"a random architecture of the Auto-DeepLab space "
+                                     f"(seed {cfg.search.seed}, L={cfg.space.layers}): uniform cell and path")
+        print("\n".join([f"wrote {written}: path {list(arch.path)}", *genotype_lines(arch.genotype)]))
+        return 0
+    from imseg.search.loop import search
+
+    result = search(cfg, resume=args.resume, overwrite=args.overwrite)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"run folder: {result['out_dir']}")
+        if result["found"]:
+            print(f"found architecture: {result['found']} (train it with model.name=autodeeplab, "
+                  f"model.args.architecture={result['found']})")
+    return 0
+
+
+def _add_search_parser(sub) -> None:
+    s = sub.add_parser("search", help="Auto-DeepLab architecture search (cell and network path) on a dataset; "
+                                      "writes found.json for model autodeeplab (docs/search.md)")
+    s.add_argument("config", help="YAML search config (e.g. configs/search/camvid_cpu.yaml)")
+    s.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override config values, e.g. search.epochs=4")
+    s.add_argument("--resume", metavar="CHECKPOINT",
+                   help="continue a search from a checkpoint, or 'auto': the newest readable one in the run folder")
+    s.add_argument("--overwrite", action="store_true",
+                   help="start over in a run folder that holds a search (its checkpoints and logs are deleted)")
+    s.add_argument("--nproc", type=int, help="search with N processes on this machine (runs torchrun for you)")
+    s.add_argument("--data-root", help="data folder (overrides data.root)")
+    s.add_argument("--out-dir", help="run folder (overrides search.out_dir)")
+    s.add_argument("--random", metavar="JSON", help="search nothing: write a random architecture of the config's "
+                   "space (layers, F; seed search.seed) to JSON, the baseline a found one should beat")
+    s.set_defaults(func=cmd_search)
 
 
 def _inference_overrides(args: argparse.Namespace) -> dict:
@@ -326,8 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     x.set_defaults(func=cmd_export)
 
-    _add_split_parser(sub)
-    _add_check_data_parser(sub)
+    for add_parser in (_add_search_parser, _add_split_parser, _add_check_data_parser):
+        add_parser(sub)
 
     pl = sub.add_parser("plot", help="draw loss and mIoU curves of a run folder")
     pl.add_argument("run_dir")
@@ -374,7 +421,7 @@ def _user_error(error: Exception) -> bool:
 
 def _resume_hint(args: argparse.Namespace, argv: list[str] | None) -> str:
     """For an interrupted `imseg train`: the command that continues it from its newest checkpoint."""
-    if args.command != "train":
+    if args.command not in ("train", "search"):
         return ""
     words, skip = [], False
     for word in (sys.argv[1:] if argv is None else [str(a) for a in argv]):

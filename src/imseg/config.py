@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
-import inspect
 import math
 import types
 import typing
@@ -93,9 +92,9 @@ class OptimConfig:
 @dataclass
 class LossConfig:
     # A weighted sum of losses from imseg.losses.LOSSES (ce, ohem, dice, focal,
-    # lovasz, boundary), each a dict: {name: dice, weight: 0.5, smooth: 1.0}.
+    # lovasz, boundary, boundary_aware), each a dict: {name: dice, weight: 0.5, smooth: 1.0}.
     terms: list[dict[str, Any]] = field(default_factory=lambda: [{"name": "ce"}])
-    # Given to the terms that take class weights (ce, ohem):
+    # Given to the terms that take class weights (ce, ohem, boundary_aware):
     # 'none' | 'median_frequency' | 'enet' (1/ln(1.02 + share), milder) | an
     # explicit list, one weight per class (its length is checked against the
     # dataset's classes when training starts).
@@ -375,17 +374,17 @@ def check_model_args(cfg: Config) -> Config:
     expected int, got '16'``) instead of deep inside the model. Ints pass for
     floats, lists for tuples and sequences, None where the annotation allows it.
     """
-    from imseg.models.registry import model_info  # imported here: the model zoo pulls in torch
+    from imseg.models.registry import COMMON_ARGUMENT_TYPES, model_arguments, model_info  # the zoo pulls in torch
 
     try:
         builder = model_info(cfg.model.name).builder
     except ValueError as e:
         raise ConfigError(f"model.name: {e}") from None
-    accepted = [p.name for p in inspect.signature(builder).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    accepted = list(model_arguments(cfg.model.name))  # the builder's own and those every model takes (norm)
     try:
-        hints = typing.get_type_hints(builder)
+        hints = {**COMMON_ARGUMENT_TYPES, **typing.get_type_hints(builder)}
     except (NameError, TypeError, AttributeError):  # an annotation that cannot be resolved here: create_model still checks names
-        hints = {}
+        hints = dict(COMMON_ARGUMENT_TYPES)
     args = {}
     for name, value in cfg.model.args.items():
         if name not in accepted:
@@ -410,19 +409,30 @@ def data_config(raw: dict[str, Any]) -> DataConfig:
     return check_ranges(Config(data=_build(DataConfig, dict(raw), "data"))).data
 
 
+def build_dataclass(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:
+    """An instance of the dataclass ``cls`` from a mapping, every key and type checked as for `Config`
+    (for other typed configs built the same way, e.g. imseg.search's)."""
+    return _build(cls, raw or {}, prefix)
+
+
+def read_config_file(path: str | Path | None) -> dict[str, Any]:
+    """The top-level mapping of a YAML config file ({} for None); a missing or broken file is a ConfigError."""
+    if path is None:
+        return {}
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return raw
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    raw = apply_overrides(raw, overrides or [])
+    raw = apply_overrides(read_config_file(path), overrides or [])
     try:
         return config_from_dict(raw)
     except ConfigError as e:

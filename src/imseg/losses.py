@@ -16,16 +16,17 @@ tensor.any():``), so they cost nothing extra on a GPU.
 
 Losses (``LOSSES`` maps the names used by `build_loss` to the classes):
 
-=========  ======================  ==============================================
-name       class                   reference
-=========  ======================  ==============================================
-ce         `CrossEntropyLoss`      class weights, label smoothing (Szegedy 2016)
-ohem       `OhemCrossEntropyLoss`  Shrivastava et al. 2016; Wu et al. 2016
-dice       `DiceLoss`              Milletari et al. 2016; Sudre et al. 2017
-focal      `FocalLoss`             Lin et al. 2017
-lovasz     `LovaszSoftmaxLoss`     Berman et al. 2018
-boundary   `BoundaryLoss`          Bokhovkin & Burnaev 2019
-=========  ======================  ==============================================
+==============  ===============================  ==========================================
+name            class                            reference
+==============  ===============================  ==========================================
+ce              `CrossEntropyLoss`               class weights, label smoothing (Szegedy 2016)
+ohem            `OhemCrossEntropyLoss`           Shrivastava et al. 2016; Wu et al. 2016
+dice            `DiceLoss`                       Milletari et al. 2016; Sudre et al. 2017
+focal           `FocalLoss`                      Lin et al. 2017
+lovasz          `LovaszSoftmaxLoss`              Berman et al. 2018
+boundary        `BoundaryLoss`                   Bokhovkin & Burnaev 2019
+boundary_aware  `BoundaryAwareCrossEntropyLoss`  Zhen et al. 2019 (FDNet; bands unverified)
+==============  ===============================  ==========================================
 
 `build_loss` turns a list of ``{"name": ..., "weight": ..., **params}`` dicts
 into a `CompositeLoss`, which also handles auxiliary logits (`SegOutput`).
@@ -43,6 +44,7 @@ from torch import nn
 from imseg.outputs import SegOutput
 
 __all__ = [
+    "BoundaryAwareCrossEntropyLoss",
     "BoundaryLoss",
     "CompositeLoss",
     "CrossEntropyLoss",
@@ -473,6 +475,101 @@ class BoundaryLoss(nn.Module):
         return _safe_div(((1 - bf1) * has_boundary).sum(), has_boundary.sum())
 
 
+def _dilate(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """Max over the (2r+1) x (2r+1) square around each pixel, as a row pass then a column pass (exact for a square).
+
+    Padding counts as -inf, so the outside of the image never wins.
+    """
+    if radius == 0:
+        return x
+    k = 2 * radius + 1
+    x = F.max_pool2d(x, (1, k), stride=1, padding=(0, radius))
+    return F.max_pool2d(x, (k, 1), stride=1, padding=(radius, 0))
+
+
+def boundary_bands(safe_target: torch.Tensor, valid: torch.Tensor, distances: Sequence[int]) -> torch.Tensor:
+    """``[B, H, W]`` band index per pixel: how many of the ascending ``distances`` its boundary distance exceeds.
+
+    A pixel's boundary distance is the chessboard (L-inf) distance to the
+    nearest valid pixel of another class, so a pixel touching another class
+    is at distance 1. Band 0 holds the pixels within ``distances[0]``, band
+    ``len(distances)`` those farther than every distance (or with no other
+    class in the image). Another class lies within ``d`` of a pixel exactly
+    when the largest label within ``d`` is above its own or the smallest
+    below it, so two max-pool dilations decide it for all classes at once
+    (C-fold cheaper than dilating a one-hot map); the dilations grow from
+    one distance to the next. Ignored pixels carry no label: like the
+    outside of the image, they are nobody's neighbour.
+    """
+    labels = safe_target.float()[:, None]  # exact: class indices are far below 2**24
+    largest = labels.masked_fill(~valid[:, None], float("-inf"))
+    smallest_neg = (-labels).masked_fill(~valid[:, None], float("-inf"))
+    bands = torch.zeros_like(safe_target)
+    reached = 0
+    for d in distances:
+        largest, smallest_neg = _dilate(largest, d - reached), _dilate(smallest_neg, d - reached)
+        reached = d
+        near = (largest > labels) | (-smallest_neg < labels)
+        bands += (~near[:, 0]).long()
+    return bands
+
+
+class BoundaryAwareCrossEntropyLoss(nn.Module):
+    """Cross-entropy weighted by each pixel's distance to the nearest label boundary: FDNet's boundary-aware loss.
+
+    Zhen, Wang, Zhou, Fang & Quan 2019, "Learning Fully Dense Neural Networks
+    for Image Semantic Segmentation" (AAAI): pixels are split into sets by
+    their distance to the nearest boundary, and each set's loss is weighted by
+    alpha_k, larger near the boundaries, which makes boundary pixels the hard
+    examples. Only that much of the paper could be read (no code exists): the
+    distance metric, the bands, the weights and the normalisation here are
+    our choices, **unverified** (docs/models/hrnet_autodeeplab_fdnet.md).
+
+    * The distance is `boundary_bands`'s: chessboard pixels to the nearest
+      valid pixel of another class (a pixel next to one is at 1).
+    * A pixel within ``distances[k]`` (and not within ``distances[k - 1]``)
+      has weight ``alphas[k]``; one beyond all of them ``alphas[-1]``. The
+      defaults (within 5 / 10 / 20 pixels: 2, 1.5, 1.25; farther: 1) are
+      ours.
+    * The loss is ``sum_i a_i w_i CE_i / sum_i a_i w_i`` over valid pixels
+      (``w``: the class weights, if any): a weighted mean like weighted
+      cross-entropy, so its scale does not depend on how much boundary an
+      image has, and with all alphas equal it is exactly `CrossEntropyLoss`.
+
+    Ignored pixels are neither a class nor a boundary (see `boundary_bands`),
+    so an ignored region gives the loss of the image cropped to the rest.
+    """
+
+    def __init__(
+        self,
+        ignore_index: int = 255,
+        distances: Sequence[int] = (5, 10, 20),
+        alphas: Sequence[float] = (2.0, 1.5, 1.25, 1.0),
+        class_weights: torch.Tensor | Sequence[float] | None = None,
+    ):
+        super().__init__()
+        distances, alphas = tuple(distances), tuple(float(a) for a in alphas)
+        increasing = all(isinstance(d, int) for d in distances) and list(distances) == sorted(set(distances))
+        if not distances or not increasing or distances[0] < 1:
+            raise ValueError(f"distances must be increasing positive ints (pixels), got {distances!r}")
+        if len(alphas) != len(distances) + 1 or any(a <= 0 for a in alphas):
+            raise ValueError(f"alphas needs {len(distances) + 1} positive weights (one per band within each "
+                             f"distance, one beyond the last), got {alphas!r}")
+        self.ignore_index = ignore_index
+        self.distances = distances
+        self.register_buffer("alphas", torch.tensor(alphas), persistent=False)
+        self.register_buffer("class_weights", _as_weights(class_weights), persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits, valid, safe = _prepare(logits, target, self.ignore_index)
+        with torch.no_grad():  # the weights are a function of the target alone
+            weight = self.alphas.to(logits.device)[boundary_bands(safe, valid, self.distances)] * valid
+            if self.class_weights is not None:
+                weight = weight * self.class_weights.to(logits.device)[safe]
+        per_pixel = F.cross_entropy(logits, safe, reduction="none")
+        return _safe_div((per_pixel * weight).sum(), weight.sum())
+
+
 # ------------------------------------------------------------- combining
 
 LOSSES: dict[str, type[nn.Module]] = {
@@ -482,6 +579,7 @@ LOSSES: dict[str, type[nn.Module]] = {
     "focal": FocalLoss,
     "lovasz": LovaszSoftmaxLoss,
     "boundary": BoundaryLoss,
+    "boundary_aware": BoundaryAwareCrossEntropyLoss,
 }
 
 
@@ -539,7 +637,7 @@ def build_loss(
     Each dict has a ``name`` (a key of `LOSSES`), an optional ``weight``
     (default 1) and any constructor parameters of that loss. ``ignore_index``
     is shared by every term; ``class_weights`` goes to every term that takes
-    class weights (``ce``, ``ohem``) unless the term sets its own. An unknown
+    class weights (``ce``, ``ohem``, ``boundary_aware``) unless the term sets its own. An unknown
     name or parameter raises ``ValueError`` listing the valid ones.
     """
     if isinstance(terms, Mapping) or not terms:

@@ -28,6 +28,7 @@ from imseg.engine.ema import build_ema
 from imseg.engine.evaluate import evaluate
 from imseg.engine.inference import Inference, inference_from_config
 from imseg.engine.loop import rehearsal_step
+from imseg.engine.norm_check import check_batch_norm_batch_size
 from imseg.engine.run_state import resolved_steps
 from imseg.engine.runtime import resolve_amp, seed_everything, seed_worker, set_threads
 from imseg.engine.sampling import GlobalBatchSampler
@@ -110,6 +111,7 @@ def build_run(cfg: Config, ctx: Context, log: Callable[[str], None]) -> Run:
         warn_if_crops_are_mostly_padding(train_ds, cfg.data.crop_size, cfg.data.scale_range, cfg.data.train_size)
     val_ds = build_dataset(cfg.data, cfg.data.val_split, train=False) if cfg.data.val_split else None
     model, meta = _model(cfg, ctx, train_ds, log)
+    check_batch_norm_batch_size(cfg, ctx, model)  # batch 1 trains or fails here, not mid-step
     weights = class_weights_for(cfg, train_ds, log)
     criterion = build_loss(cfg.loss.terms, ignore_index=train_ds.ignore_index, aux_weight=cfg.loss.aux_weight,
                            class_weights=weights.to(ctx.device) if weights is not None else None).to(ctx.device)

@@ -11,7 +11,9 @@ need their own. What all models share is what the engine reads off them:
   convention is not its encoder's passes its own, and loading a checkpoint
   sets the stored one (`imseg.meta.attach` assigns it);
 * ``meta``: the `ModelMeta` (class names, palette, evaluation settings) once
-  a trained model has them; None for a model fresh from `create_model`.
+  a trained model has them; None for a model fresh from `create_model`;
+* ``frozen_batch_norm``: set by ``norm="frozen_batch"`` (imseg/models/norm.py),
+  ``train()`` then leaves every BatchNorm in eval mode.
 
 ``save_pretrained`` writes a model folder (imseg/pretrained.py); it is the
 one method beyond these, so every model has it.
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from imseg.models.encoder_base import Encoder
 from imseg.preprocessing import Preprocessing
@@ -32,6 +35,8 @@ class SegmentationModel(nn.Module):
 
     # An imseg.meta.ModelMeta, typed loosely here so the models do not import the metadata layer above them.
     meta: Any = None
+    # norm="frozen_batch": BatchNorm normalises with its running statistics in train mode too.
+    frozen_batch_norm: bool = False
 
     def __init__(self, encoder: nn.Module | None = None, preprocessing: Preprocessing | None = None) -> None:
         super().__init__()
@@ -41,6 +46,20 @@ class SegmentationModel(nn.Module):
             )
         self.encoder = encoder
         self._preprocessing = preprocessing
+
+    def train(self, mode: bool = True) -> SegmentationModel:
+        """``nn.Module.train``, except that frozen BatchNorm statistics stay frozen.
+
+        Here rather than in each layer, so it survives whatever rebuilds the
+        layers later (SyncBatchNorm conversion under DDP) and reaches the
+        BatchNorms inside torchvision and timm encoders alike.
+        """
+        super().train(mode)
+        if self.frozen_batch_norm:
+            for module in self.modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()
+        return self
 
     @property
     def preprocessing(self) -> Preprocessing:

@@ -17,8 +17,10 @@ multi-scale context off its last map:
   VGG16 "ASPP-L" model.
 * ``deeplabv3``: ASPP with batch norm (1x1, three 3x3 atrous convs at rates
   6/12/18 at OS16 or 12/24/36 at OS8, image pooling; 256 ch each) ->
-  concat -> 1x1 256 -> dropout 0.1 -> 1x1 to the classes. Optional
-  multi-grid (1, 2, 4) in ResNet's last stage, optional auxiliary FCN head.
+  concat -> 1x1 256 -> dropout 0.1 -> 1x1 to the classes. Multi-grid
+  (1, 2, 4) in the last stage of ResNet-50/101/152 by default (the paper's
+  77.21 setting; ``multi_grid=None`` turns it off), optional auxiliary FCN
+  head.
   `deeplabv3_from_torchvision` loads torchvision's ``deeplabv3_*`` weights.
 * ``deeplabv3plus``: ASPP on the encoder, then a decoder that upsamples to
   the stride-4 map, concatenates its 1x1 48-channel projection and refines
@@ -33,6 +35,7 @@ from __future__ import annotations
 import abc
 import os
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -216,6 +219,10 @@ def deeplabv2(
 # --------------------------------------------------------------------------- v3
 
 
+# DeepLabv3's best setting (Table 3 and the 77.21 on VOC val): block4's three units at rates x (1, 2, 4).
+PAPER_MULTI_GRID = (1, 2, 4)
+
+
 def apply_multi_grid(encoder: Encoder, grid: Sequence[int]) -> None:
     """DeepLabv3's multi-grid: unit i of ResNet's last stage gets rate (stage rate) x grid[i].
 
@@ -224,12 +231,12 @@ def apply_multi_grid(encoder: Encoder, grid: Sequence[int]) -> None:
     unit takes the rate (the one of a bottleneck, both of a basic block).
     """
     if not isinstance(encoder, ResNetEncoder):
-        raise ValueError(f"multi_grid is defined for ResNet encoders (the units of layer4), not {encoder.name!r}")
+        raise ValueError(f"multi_grid is defined for ResNet encoders (the units of layer4), not {encoder.name!r}; "
+                         "pass multi_grid=None")
     units = list(encoder.layer4)
     if len(grid) != len(units):
-        raise ValueError(
-            f"multi_grid needs one rate per unit of {encoder.name}'s layer4 ({len(units)} units), got {tuple(grid)}"
-        )
+        raise ValueError(f"multi_grid needs one rate per unit of {encoder.name}'s layer4 ({len(units)} units), got "
+                         f"{tuple(grid)}; pass {len(units)} rates or multi_grid=None")
     stage_rate = 32 // encoder.output_stride
     for unit, g in zip(units, grid):
         for conv in unit.modules():
@@ -273,11 +280,12 @@ class DeepLabV3(SegmentationModel):
 
 @register_model(
     "deeplabv3",
-    published="VOC val 77.21 mIoU (ResNet-101, OS16); torchvision R-101 with aux: 61.0M params",
+    published="VOC val 77.21 mIoU (ResNet-101, OS16, multi-grid (1, 2, 4), image pooling); torchvision R-101 "
+    "with aux: 61.0M params",
     paper="Chen, Papandreou, Schroff, Adam: Rethinking Atrous Convolution for Semantic Image Segmentation",
     year=2017,
-    summary="Dilated ResNet (OS16 or 8, optional multi-grid) + ASPP with batch norm and image pooling (rates "
-    "6/12/18 at OS16); optional aux head. Loads torchvision's deeplabv3_* weights (deeplabv3_from_torchvision).",
+    summary="Dilated ResNet (OS16 or 8, multi-grid (1, 2, 4) in the last stage) + ASPP with batch norm and image "
+    "pooling (rates 6/12/18 at OS16); optional aux head. Loads torchvision's deeplabv3_* weights.",
 )
 def deeplabv3(
     num_classes: int,
@@ -286,7 +294,7 @@ def deeplabv3(
     encoder_weights: str | None = None,
     in_channels: int = 3,
     output_stride: int = 16,
-    multi_grid: tuple[int, ...] | None = None,
+    multi_grid: tuple[int, ...] | Literal["paper"] | None = "paper",
     aspp_rates: tuple[int, ...] | None = None,
     head_conv: bool = False,
     aux: bool = False,
@@ -295,8 +303,12 @@ def deeplabv3(
     """DeepLabv3.
 
     Args:
-        multi_grid: e.g. ``(1, 2, 4)``, the paper's best setting: per-unit
-            rate multipliers of ResNet's last stage (ResNet encoders only).
+        multi_grid: per-unit rate multipliers of ResNet's last stage, one
+            rate per unit (ResNet-18/34 have 2), ResNet encoders only.
+            ``"paper"`` (the default): the paper's best setting (1, 2, 4)
+            (the 77.21 on VOC val) where the encoder has a three-unit
+            ResNet last stage, nothing elsewhere; ``None``: off
+            (torchvision's config).
         aspp_rates: the three atrous rates; default (6, 12, 18) at OS16,
             doubled at OS8. torchvision uses (12, 24, 36) at every OS.
         head_conv: torchvision's extra 3x3 256 conv-BN-ReLU between ASPP and
@@ -311,6 +323,10 @@ def deeplabv3(
     enc = build_encoder(
         encoder, in_channels=in_channels, output_stride=output_stride, weights=encoder_weights, taps=taps
     )
+    if multi_grid == "paper":
+        # The paper's grid exists only for a three-unit ResNet last stage; other encoders keep their own rates.
+        fits = isinstance(enc, ResNetEncoder) and len(enc.layer4) == len(PAPER_MULTI_GRID)
+        multi_grid = PAPER_MULTI_GRID if fits else None
     if multi_grid is not None:
         apply_multi_grid(enc, multi_grid)
     rates = tuple(aspp_rates) if aspp_rates is not None else _scaled_rates((6, 12, 18), 16, output_stride)
@@ -370,7 +386,8 @@ def deeplabv3_from_torchvision(source: str | os.PathLike | Mapping[str, torch.Te
     else:
         raise ValueError(f"{where}: unknown DeepLabV3 backbone (expected ResNet-50/101 or MobileNetV3-Large)")
     model = create_model(
-        "deeplabv3", num_classes, encoder=encoder, aspp_rates=(12, 24, 36), head_conv=True, aux=aux, **config
+        "deeplabv3", num_classes, encoder=encoder, multi_grid=None, aspp_rates=(12, 24, 36), head_conv=True, aux=aux,
+        **config,
     )
     rules = (("backbone.", backbone),) + _TORCHVISION_DEEPLABV3_KEYS
     mapped = {_remap(k, rules): v for k, v in state.items()}
@@ -439,7 +456,8 @@ class DeepLabV3Plus(DeepLabV3PlusBase):
 
 @register_model(
     "deeplabv3plus",
-    published="43.48M params (Xception-65, Auto-DeepLab Table 2)",
+    published="43.48M params (Xception-71, separable ASPP and decoder, Cityscapes; Auto-DeepLab Table 2); "
+    "Cityscapes val 79.55 mIoU (Xception-71)",
     paper="Chen, Zhu, Papandreou, Schroff, Adam: Encoder-Decoder with Atrous Separable Convolution "
     "for Semantic Image Segmentation",
     year=2018,
@@ -456,7 +474,8 @@ def deeplabv3plus(
     separable: bool = False,
     aux: bool = False,
 ) -> nn.Module:
-    """DeepLabv3+. The paper's model is ``encoder="xception65", separable=True`` (aligned Xception-65)."""
+    """DeepLabv3+. The paper's models are ``encoder="xception65"`` (VOC) or ``"xception71"`` (the Cityscapes
+    79.55 and the 43.48M quoted by Auto-DeepLab), with ``separable=True``."""
     check_output_stride("DeepLabv3+", output_stride, (16, 8))
     enc = build_encoder(encoder, in_channels=in_channels, output_stride=output_stride, weights=encoder_weights)
     rates = _scaled_rates((6, 12, 18), 16, output_stride)

@@ -16,9 +16,9 @@ five branches hold 0.81M parameters on a 2048-channel input (Xception) and
 projection (0.33M) is not part of those numbers.
 
 ``deeplabv3plus_dpc`` is DeepLabv3+ (decoder at stride 4) with the DPC in
-place of ASPP. The paper's backbone is a modified Xception-71 (encoder
-``xception71`` here); the default is ``xception65``, the DeepLabv3+
-backbone, so DPC and ASPP compare on the same encoder.
+place of ASPP. The default encoder is the paper's "modified Xception",
+Xception-71 (``xception71``), the backbone of its Cityscapes results
+(80.85 val); ``encoder="xception65"`` puts DPC on DeepLabv3+'s VOC backbone.
 """
 from __future__ import annotations
 
@@ -112,17 +112,17 @@ class DeepLabV3PlusDPC(DeepLabV3PlusBase):
 
 @register_model(
     "deeplabv3plus_dpc",
-    published="DPC module 0.81M params (Xception); Cityscapes val 80.85 mIoU",
+    published="DPC module 0.81M params (Xception-71); Cityscapes val 80.85 mIoU (Xception-71, OS16)",
     paper="Chen, Collins, Zhu, Papandreou, Zoph, Schroff, Adam, Shlens: Searching for Efficient Multi-Scale "
     "Architectures for Dense Image Prediction",
     year=2018,
     summary="DeepLabv3+ with the searched Dense Prediction Cell (five separable atrous branches, rates (r_h, r_w) "
-    "from (1,1) to (18,15), 0.81M params on 2048 ch) instead of ASPP; aligned Xception-65 by default.",
+    "from (1,1) to (18,15), 0.81M params on 2048 ch) instead of ASPP; aligned Xception-71 as in the paper.",
 )
 def deeplabv3plus_dpc(
     num_classes: int,
     *,
-    encoder: str = "xception65",
+    encoder: str = "xception71",
     encoder_weights: str | None = None,
     in_channels: int = 3,
     output_stride: int = 16,

@@ -12,14 +12,20 @@ pool4 (16s, 8s) and pool3 (8s) on the way:
 * 32s: score_fr -> 32x (upscore)
 * 16s: score_fr -> 2x (upscore2) + score_pool4 -> 16x (upscore16)
 * 8s:  ... 16s fusion -> 2x (upscore_pool4) + score_pool3 -> 8x (upscore8)
+* 8s at-once (voc-fcn8s-atonce): 8s with pool4 scaled x0.01 and pool3
+  x0.0001 by fixed Scale layers before their score layers, trained in one
+  stage instead of 32s -> 16s -> 8s.
 
 The 2x upsamplers are learned (paper sec. 4.2, 4.3: "intermediate upsampling
 layers are initialized to bilinear upsampling, and then learned"); the final
 32x / 16x / 8x ones are fixed bilinear ("final layer deconvolutional filters
 are fixed to bilinear interpolation"), so they are buffers, not parameters.
 (The released prototxts fix the 2x ones too, lr_mult 0; the paper's text is
-followed here.) The skip scores score_pool4 / score_pool3 start at zero, so a
-fresh 16s / 8s starts out computing exactly its coarser parent.
+followed here.) Every score layer starts at zero, as in the paper (sec. 4.3,
+"zero-initialized") and the released nets (Caffe's default filler): with
+score_fr at zero the layers below it get no gradient on the very first step
+and learn from the second on; score_pool4 / score_pool3 at zero make a fresh
+16s / 8s compute exactly its coarser parent.
 
 Geometry (``geometry="caffe"``, the default for VGG encoders) is the
 released nets' own: conv1_1 pads by 100, pools round up (Caffe's ceil mode),
@@ -92,6 +98,11 @@ def _crop(x: torch.Tensor, offset: int, size: Sequence[int]) -> torch.Tensor:
     return F.pad(x, (-offset, offset + w - width, -offset, offset + h - height))
 
 
+def _scaled(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Caffe's fixed Scale layer (lr 0) of FCN-8s at-once; no op at all for the other nets."""
+    return x if scale == 1.0 else x * scale
+
+
 class FixedBilinearUpsample(nn.Module):
     """A transposed conv frozen at bilinear interpolation, like Caffe's Deconvolution with lr_mult 0.
 
@@ -124,6 +135,9 @@ class FCN(SegmentationModel):
 
     final_factor: int  # the last, fixed bilinear upsampling
     final_offset: int  # where the input starts in its output, caffe geometry
+    # Fixed factors on pool4 / pool3 before their score layers (1: none); only FCN-8s at-once scales.
+    pool4_scale: float = 1.0
+    pool3_scale: float = 1.0
 
     def __init__(
         self,
@@ -163,10 +177,9 @@ class FCN(SegmentationModel):
         for conv in (self.fc6, self.fc7):
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(conv.bias)
-        # The caffe nets leave score_fr at Caffe's default filler (zero). A zero classifier would
-        # stop every gradient to fc7 and below on the first step, so it starts small instead
-        # (torchvision's init for VGG's last Linear).
-        nn.init.normal_(self.score_fr.weight, std=0.01)
+        # Zero, as the paper (sec. 4.3) and the released nets (Caffe's default filler) have it: fc7 and
+        # below get their first gradient on the second step, once score_fr has moved.
+        nn.init.zeros_(self.score_fr.weight)
         nn.init.zeros_(self.score_fr.bias)
 
     # -- building blocks for the subclasses
@@ -199,7 +212,8 @@ class FCN(SegmentationModel):
     def _fuse_pool4(self, feats: list[torch.Tensor]) -> torch.Tensor:
         """upscore2(score_fr) + score_pool4: the 16s fusion, class scores at stride 16."""
         y = self.upscore2(self._scores(feats[self.i32]))  # stride 32 -> 16
-        return y + self._align(self.score_pool4(feats[self.i16]), POOL4_OFFSET, y)
+        pool4 = _scaled(feats[self.i16], self.pool4_scale)
+        return y + self._align(self.score_pool4(pool4), POOL4_OFFSET, y)
 
     def fuse(self, feats: list[torch.Tensor]) -> torch.Tensor:  # pragma: no cover - overridden
         """Class scores at the (padded) input resolution from the encoder maps."""
@@ -319,13 +333,25 @@ class FCN8s(FCN):
 
     def fuse(self, feats: list[torch.Tensor]) -> torch.Tensor:
         y = self.upscore_pool4(self._fuse_pool4(feats))  # stride 16 -> 8
-        y = y + self._align(self.score_pool3(feats[self.i8]), POOL3_OFFSET, y)
+        pool3 = _scaled(feats[self.i8], self.pool3_scale)
+        y = y + self._align(self.score_pool3(pool3), POOL3_OFFSET, y)
         return self.upscore8(y)  # stride 8 -> 1
+
+
+class FCN8sAtOnce(FCN8s):
+    """FCN-8s "at-once" (voc-fcn8s-atonce): pool4 x 0.01 and pool3 x 0.0001 before their score layers.
+
+    With its skips scaled down the released net was trained in one stage
+    (lr 1e-10, 300K iterations) rather than 32s -> 16s -> 8s. Same layers
+    and state-dict keys as `FCN8s`.
+    """
+
+    pool4_scale, pool3_scale = 0.01, 1e-4
 
 
 _PAPER = "Long, Shelhamer, Darrell: Fully Convolutional Networks for Semantic Segmentation"
 
-# The three released nets differ only in their skips: one builder signature, one row each.
+# The four released nets differ only in their skips: one builder signature, one row each.
 _VGG_FCNS: dict[str, tuple[type[FCN], dict[str, str]]] = {
     "fcn32s": (FCN32s, dict(
         published="134M params; VOC seg11valid 63.6 mIoU (reference code)",
@@ -341,6 +367,11 @@ _VGG_FCNS: dict[str, tuple[type[FCN], dict[str, str]]] = {
         published="134M params; VOC seg11valid 65.5 mIoU (reference code), VOC2012 test 62.2",
         summary="VGG16 with its classifier turned into convolutions; learned 2x/2x upsampling fusing "
         "pool4 and pool3 scores, fixed 8x bilinear. fc_channels=4096 is the paper's; smaller gives a slim variant.",
+    )),
+    "fcn8s_atonce": (FCN8sAtOnce, dict(
+        published="134M params; VOC seg11valid 65.4 mIoU (reference code, trained in one stage)",
+        summary="FCN-8s trained at once (released voc-fcn8s-atonce): pool4 scaled x0.01 and pool3 x0.0001 "
+        "before their zero-initialised score layers, so all skips train together from the start.",
     )),
 }  # fmt: skip
 

@@ -11,142 +11,30 @@ also decoder block 5) to the stage's resolution, concatenates them and
 compresses them with a 1x1 conv. Two aggregations, as in the paper's
 figure: the first (stride 8) feeds dense block 5, itself followed by a
 compressing 1x1 conv; the second (stride 4) gathers blocks 1-5 and is
-classified. Every aggregated map is deeply supervised in the paper; here
-the first one's 1x1 classifier is the ``aux`` output (the contract has one
-aux tensor), the second one's is the main output. The boundary-aware loss
-is a loss, not part of the model.
+classified. Every aggregated map is deeply supervised in the paper (Fig. 3:
+each is upsampled to H x W x C and given a cross-entropy loss): with
+``aux=True`` the first one's 1x1 classifier is returned as
+``SegOutput.aux``, the second one's is the main output, and the loss scores
+both with the same terms (imseg.losses.CompositeLoss, weight
+``loss.aux_weight`` on the aux map). The boundary-aware loss is a loss
+term (``boundary_aware`` in imseg.losses), not part of the model.
 
-This module also registers torchvision's DenseNets (``densenet121``,
-``densenet161``, ``densenet169``, ``densenet201``) and the paper's
-``densenet264`` (no ImageNet weights anywhere) as encoders.
+The DenseNet encoders live with the other torchvision encoders
+(torchvision_encoders.py): torchvision's ``densenet121/161/169/201`` and
+the paper's ``densenet264``, built with torchvision's DenseNet class
+(growth 32, blocks 6/12/64/48), for which no ImageNet weights exist.
 """
 from __future__ import annotations
 
-import re
-
 import torch
-import torch.nn.functional as F
-import torchvision
 from torch import nn
-from torchvision.models.densenet import DenseNet, _DenseBlock
+from torchvision.models.densenet import _DenseBlock
 
 from imseg.models.base import SegmentationModel
-from imseg.models.encoders import Encoder, build_encoder, register_encoder
+from imseg.models.encoders import Encoder, build_encoder
 from imseg.models.layers import ConvBNAct, init_weights, resize_to
 from imseg.models.registry import register_model
-from imseg.models.surgery import replace_first_conv
-from imseg.models.weight_registry import TORCHVISION_IMAGENET
-from imseg.models.weights import download_state_dict
 from imseg.outputs import SegOutput
-from imseg.preprocessing import TORCHVISION
-
-# ImageNet-1k weights of torchvision's DenseNets (registered in weight_registry.py);
-# DenseNet-264 (the paper's) has none.
-_DENSENET_WEIGHTS = {
-    name: TORCHVISION_IMAGENET[name] for name in ("densenet121", "densenet161", "densenet169", "densenet201")
-}
-# DenseNet-264 (Huang et al., Table 1): DenseNet-BC, growth rate 32, blocks of 6/12/64/48 layers.
-_DENSENET264 = {"growth_rate": 32, "block_config": (6, 12, 64, 48), "num_init_features": 64}
-
-# torchvision's own DenseNet weight files still use the pre-0.4 key names ("norm.1" for "norm1")
-# and, being older than BatchNorm's num_batches_tracked, lack that buffer.
-_LEGACY_KEY = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
-)
-
-
-class _AvgPool2x2Stride1(nn.Module):
-    """The dilated stand-in for a transition's 2x2 stride-2 average pool: the same 2x2 means at every position.
-
-    The bottom/right border is replicated so the map keeps its size.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool2d(F.pad(x, (0, 1, 0, 1), mode="replicate"), 2, stride=1)
-
-
-class DenseNetEncoder(Encoder):
-    """torchvision DenseNet-BC; features at strides 2, 4, 8, 16, 32.
-
-    The stride-2 map is the stem's ReLU; the stride-4/8/16 maps are the
-    BN-ReLU'd outputs of dense blocks 1-3 (the first half of each
-    transition, as segmentation_models_pytorch taps them) and the stride-32
-    map is ReLU(norm5) after dense block 4, so every map is normalised.
-    Output stride 16 / 8: the last one / two transitions pool with stride 1
-    (`_AvgPool2x2Stride1`) and the 3x3 convs of the dense blocks after them
-    are dilated by 2 / 4. The transitions' 2x2 pools floor odd sizes, as in
-    torchvision (``ceil_mode`` would put a size guard in exported graphs).
-    Module names are torchvision's (``features.denseblock1...``).
-    """
-
-    first_conv = "features.conv0"
-
-    def __init__(self, name: str, in_channels: int = 3, output_stride: int = 32) -> None:
-        if name == "densenet264":
-            net = DenseNet(**_DENSENET264)
-        else:
-            net = getattr(torchvision.models, name)(weights=None)
-        features = net.features
-        features.conv0 = replace_first_conv(features.conv0, in_channels)
-        transitions = [features.transition1, features.transition2, features.transition3]
-        blocks = [features.denseblock2, features.denseblock3, features.denseblock4]
-        n_dilated = {32: 0, 16: 1, 8: 2}[output_stride]
-        dilation = 1
-        for transition, block in list(zip(transitions, blocks))[len(transitions) - n_dilated:]:
-            transition.pool = _AvgPool2x2Stride1()
-            dilation *= 2
-            for layer in block.children():
-                layer.conv2.dilation = (dilation, dilation)
-                layer.conv2.padding = (dilation, dilation)
-        super().__init__(
-            name=name,
-            in_channels=in_channels,
-            channels=[features.conv0.out_channels, *[t.norm.num_features for t in transitions],
-                      features.norm5.num_features],
-            strides=[min(s, output_stride) for s in (2, 4, 8, 16, 32)],
-            output_stride=output_stride,
-            preprocessing=TORCHVISION.for_channels(in_channels),
-        )
-        self.features = features
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        f = self.features
-        x = f.relu0(f.norm0(f.conv0(x)))
-        out = [x]
-        x = f.denseblock1(f.pool0(x))
-        for transition, block in (
-            (f.transition1, f.denseblock2),
-            (f.transition2, f.denseblock3),
-            (f.transition3, f.denseblock4),
-        ):
-            x = transition.relu(transition.norm(x))
-            out.append(x)
-            x = block(transition.pool(transition.conv(x)))
-        out.append(F.relu(f.norm5(x)))
-        return out
-
-    def imagenet_state(self) -> tuple[str, dict[str, torch.Tensor]]:
-        if self.name not in _DENSENET_WEIGHTS:
-            raise ValueError(
-                f"there are no ImageNet weights for encoder {self.name!r} in torchvision; "
-                "pass the path of a weights file in torchvision's DenseNet format instead"
-            )
-        url = _DENSENET_WEIGHTS[self.name].url
-        return url, download_state_dict(url, f"the ImageNet weights of {self.name!r}")
-
-    def normalise_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        # torchvision's DenseNet files predate its module names ("norm.1" for "norm1");
-        # the missing num_batches_tracked counters are filled in by load_checked.
-        renamed = {}
-        for key, value in state.items():
-            match = _LEGACY_KEY.match(key)
-            renamed[match.group(1) + match.group(2) if match else key] = value
-        return renamed
-
-
-for _name in (*_DENSENET_WEIGHTS, "densenet264"):
-    register_encoder(_name, DenseNetEncoder)
-
 
 # --------------------------------------------------------------------------- FDNet
 

@@ -62,15 +62,19 @@ class HRNetConfig:
     """One HRNet variant, as in the official ``experiments/*.yaml`` (``MODEL.EXTRA``)."""
 
     width: int  # channels of the stride-4 branch; branch b has width * 2**b
-    stage1_blocks: int  # bottlenecks (64 planes, 256 out) in stage 1
+    stage1_blocks: int  # bottlenecks in stage 1
     modules: tuple[int, int, int]  # HighResolutionModules in stages 2, 3, 4
     blocks: int  # basic blocks per branch in every module
     timm_name: str  # timm's classification model with these names and shapes (ImageNet weights)
+    stage1_planes: int = 64  # planes of the stage-1 bottlenecks (4x that out); Small-v1 has 32
 
 
 HRNET_CONFIGS: dict[str, HRNetConfig] = {
     # W18-Small-v2 (seg_hrnet_w18_small_v2 yaml): stage 1 has 2 bottlenecks, stages 2-4 have 1/3/2 modules of 2 blocks.
     "hrnetv2_w18_small": HRNetConfig(18, 2, (1, 3, 2), 2, "hrnet_w18_small_v2.ms_in1k"),
+    # W18-Small-v1 (seg_hrnet_w18_small_v1 yaml, timm's hrnet_w18_small): branches 16/32/64/128 despite the name,
+    # stage 1 one bottleneck of 32 planes (128 out), stages 2-4 one module each of 2 blocks.
+    "hrnetv2_w18_small_v1": HRNetConfig(16, 1, (1, 1, 1), 2, "hrnet_w18_small.ms_in1k", stage1_planes=32),
     "hrnetv2_w18": HRNetConfig(18, 4, (1, 4, 3), 4, "hrnet_w18.ms_in1k"),
     "hrnetv2_w32": HRNetConfig(32, 4, (1, 4, 3), 4, "hrnet_w32.ms_in1k"),
     "hrnetv2_w48": HRNetConfig(48, 4, (1, 4, 3), 4, "hrnet_w48.ms_in1k"),
@@ -178,11 +182,14 @@ class HRNetEncoder(Encoder):
         self.conv2 = nn.Conv2d(64, 64, 3, 2, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
-        downsample = nn.Sequential(nn.Conv2d(64, 256, 1, bias=False), nn.BatchNorm2d(256))
+        planes = cfg.stage1_planes
+        out = planes * Bottleneck.expansion
+        downsample = nn.Sequential(nn.Conv2d(64, out, 1, bias=False), nn.BatchNorm2d(out))
         self.layer1 = nn.Sequential(
-            Bottleneck(64, 64, downsample=downsample), *[Bottleneck(256, 64) for _ in range(cfg.stage1_blocks - 1)]
+            Bottleneck(64, planes, downsample=downsample),
+            *[Bottleneck(out, planes) for _ in range(cfg.stage1_blocks - 1)],
         )
-        pre = [256]
+        pre = [out]
         for stage, n_modules in zip((2, 3, 4), cfg.modules):
             cur = [cfg.width * 2**b for b in range(stage)]
             setattr(self, f"transition{stage - 1}", _transition(pre, cur))
@@ -389,6 +396,11 @@ _VARIANTS = {
         published="3.9M params (v2, Cityscapes)",
         summary="HRNetV2-W18-Small-v2: 4 parallel branches (18/36/72/144) fused repeatedly, all upsampled to "
         "stride 4 and concatenated for a 1x1 head (3.9M params); ocr=True adds the OCR head.",
+    ),
+    "hrnetv2_w18_small_v1": dict(
+        published="1.5M params (v1, Cityscapes)",
+        summary="HRNetV2-W18-Small-v1: 4 parallel branches (16/32/64/128; one module per stage, 2 blocks per "
+        "branch) fused, all upsampled to stride 4 and concatenated (240 ch) for a 1x1 head (1.5M params).",
     ),
     "hrnetv2_w18": dict(
         summary="HRNetV2-W18: 4 parallel branches (18/36/72/144; 1/4/3 modules of 4 blocks) fused repeatedly, "

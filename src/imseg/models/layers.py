@@ -105,7 +105,8 @@ class ASPPPooling(nn.Sequential):
     """Image-level branch of ASPP: global average pool -> 1x1 conv -> BN -> ReLU -> broadcast back.
 
     Note: like torchvision's, the BatchNorm here sees one value per channel
-    per image, so training needs a batch of at least 2.
+    per image, so training needs a batch of at least 2, or ``norm="group"`` /
+    ``"frozen_batch"`` (imseg/models/norm.py).
     """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:

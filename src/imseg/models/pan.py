@@ -28,7 +28,8 @@ Choices the paper leaves open (see docs/models/context.md):
   (the paper replaces it with three 3x3 convs, for which there are no
   torchvision ImageNet weights).
 - The BatchNorms after global pooling (FPA's GP branch, each GAU's weights)
-  see one value per channel per image: training needs a batch of at least 2.
+  see one value per channel per image: training needs a batch of at least 2,
+  or ``norm="group"`` / ``"frozen_batch"`` (imseg/models/norm.py).
 """
 from __future__ import annotations
 

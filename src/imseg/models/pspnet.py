@@ -65,7 +65,8 @@ class PyramidPoolingBranch(nn.Module):
     """Average-pool to ``bins`` x ``bins`` -> 1x1 conv -> BN -> ReLU (upsampled by the caller).
 
     The BatchNorm of the 1x1 bin sees one value per channel per image, so
-    training needs a batch of at least 2 (as with ASPP's image pooling).
+    training needs a batch of at least 2 (as with ASPP's image pooling), or
+    ``norm="group"`` / ``"frozen_batch"`` (imseg/models/norm.py).
     """
 
     def __init__(self, in_channels: int, out_channels: int, bins: int) -> None:

@@ -5,6 +5,10 @@ whose keyword arguments are its whole interface; `create_model` checks the
 arguments against the builder's signature so a typo fails loudly with the
 valid choices instead of vanishing into ``**kwargs``.
 
+Beside its builder's own arguments every model takes ``norm`` ("batch",
+"group" or "frozen_batch", imseg/models/norm.py): `create_model` applies
+it to the built model, so every family honours it, encoders included.
+
 The built-in models register themselves when ``imseg.models`` is imported,
 and importing this module imports that package first, so the registry is
 complete before anyone can read it.
@@ -13,15 +17,17 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from torch import nn
+
+from imseg.models.norm import NORMS, check_norm, set_norm
 
 # Model outputs live in imseg.outputs (losses and inference read them without the zoo); kept importable here.
 from imseg.outputs import SegOutput, main_logits
 
-__all__ = ["ModelInfo", "SegOutput", "create_model", "list_models", "main_logits", "model_arguments",
-           "model_info", "register_model", "register_variant"]
+__all__ = ["COMMON_ARGUMENTS", "COMMON_ARGUMENT_TYPES", "ModelInfo", "SegOutput", "create_model", "list_models",
+           "main_logits", "model_arguments", "model_info", "register_model", "register_variant"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,11 @@ class ModelInfo:
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
+
+# Arguments every model accepts beside its builder's own, with their defaults and types; create_model
+# applies them after building (one conversion instead of one code path per builder and encoder).
+COMMON_ARGUMENTS: dict[str, Any] = {"norm": "batch"}
+COMMON_ARGUMENT_TYPES: dict[str, Any] = {"norm": Literal[NORMS]}
 
 
 def register_model(name: str, *, paper: str, year: int, summary: str, published: str = "") -> Callable:
@@ -71,21 +82,23 @@ def model_info(name: str) -> ModelInfo:
     return _REGISTRY[name]
 
 
-def model_arguments(name: str) -> dict[str, Any]:
-    """The keyword arguments a model accepts, with their defaults."""
+def _builder_arguments(name: str) -> dict[str, Any]:
     sig = inspect.signature(model_info(name).builder)
-    return {
-        p.name: p.default
-        for p in sig.parameters.values()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY
-    }
+    return {p.name: p.default for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def model_arguments(name: str) -> dict[str, Any]:
+    """The keyword arguments a model accepts, with their defaults (its builder's, then `COMMON_ARGUMENTS`)."""
+    return {**_builder_arguments(name), **COMMON_ARGUMENTS}
 
 
 def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     """Build a registered model with random (or ``encoder_weights``) weights.
 
     The construction arguments are kept on the model as ``model.imseg_spec``
-    so a checkpoint can rebuild it exactly.
+    so a checkpoint can rebuild it exactly. ``norm`` is recorded only when it
+    is not "batch", so the specs of checkpoints written before the option
+    existed still equal a rebuild's (resuming compares them).
     """
     info = model_info(name)
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
@@ -96,7 +109,13 @@ def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
         raise TypeError(
             f"model {name!r} got unknown argument(s) {unknown}; it accepts: {', '.join(sorted(accepted)) or 'none'}"
         )
-    model = info.builder(num_classes, **kwargs)
-    spec = {k: v for k, v in {**accepted, **kwargs}.items()}
+    norm = check_norm(kwargs.pop("norm", COMMON_ARGUMENTS["norm"]))
+    model = set_norm(info.builder(num_classes, **kwargs), norm)
+    # A builder that reads part of its definition from a file (autodeeplab's architecture JSON) leaves what
+    # it read in ``imseg_resolved_kwargs``: the spec records that, so a checkpoint rebuilds without the file.
+    resolved = model.__dict__.pop("imseg_resolved_kwargs", {})
+    spec = {**_builder_arguments(name), **kwargs, **resolved}
+    if norm != COMMON_ARGUMENTS["norm"]:
+        spec["norm"] = norm
     model.imseg_spec = {"name": name, "num_classes": num_classes, "kwargs": spec}
     return model

@@ -1,4 +1,4 @@
-"""torchvision backbones behind the encoder contract: ResNet-18/34/50/101, VGG16 (-BN), MobileNetV3.
+"""torchvision backbones behind the encoder contract: ResNet-18/34/50/101, VGG16 (-BN), MobileNetV3, DenseNet.
 
 They keep torchvision's module names (``conv1``, ``layer1.0.conv1``,
 ``features.0``, ...), so a torchvision ``state_dict`` file loads directly;
@@ -14,13 +14,16 @@ encoder keeps them as ``encoder.taps``.
 """
 from __future__ import annotations
 
+import re
 from bisect import bisect_right
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 from torchvision.models import vgg as tv_vgg
+from torchvision.models.densenet import DenseNet
 
 from imseg.models.encoder_base import Encoder, check_taps
 from imseg.models.surgery import dilate_conv, dilate_last_stages, replace_first_conv
@@ -32,7 +35,7 @@ from imseg.preprocessing import TORCHVISION
 TORCHVISION_WEIGHTS = {
     name: TORCHVISION_IMAGENET[name]
     for name in ("resnet18", "resnet34", "resnet50", "resnet101", "vgg16", "vgg16_bn",
-                 "mobilenet_v3_large", "mobilenet_v3_small")
+                 "mobilenet_v3_large", "mobilenet_v3_small", "densenet121", "densenet161", "densenet169", "densenet201")
 }
 
 
@@ -221,6 +224,106 @@ class MobileNetV3Encoder(FeaturesEncoder):
         return tuple(taps)
 
 
+# torchvision's DenseNets have ImageNet weights (in TORCHVISION_WEIGHTS); DenseNet-264 (FDNet's) has none.
+DENSENETS = ("densenet121", "densenet161", "densenet169", "densenet201", "densenet264")
+# DenseNet-264 (Huang et al., Table 1): DenseNet-BC, growth rate 32, blocks of 6/12/64/48 layers.
+_DENSENET264 = {"growth_rate": 32, "block_config": (6, 12, 64, 48), "num_init_features": 64}
+
+# torchvision's own DenseNet weight files still use the pre-0.4 key names ("norm.1" for "norm1")
+# and, being older than BatchNorm's num_batches_tracked, lack that buffer.
+_LEGACY_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
+)
+
+
+class _AvgPool2x2Stride1(nn.Module):
+    """The dilated stand-in for a transition's 2x2 stride-2 average pool: the same 2x2 means at every position.
+
+    The bottom/right border is replicated so the map keeps its size.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(F.pad(x, (0, 1, 0, 1), mode="replicate"), 2, stride=1)
+
+
+class DenseNetEncoder(TorchvisionEncoder):
+    """torchvision DenseNet-BC; features at strides 2, 4, 8, 16, 32.
+
+    The stride-2 map is the stem's ReLU; the stride-4/8/16 maps are the
+    BN-ReLU'd outputs of dense blocks 1-3 (the first half of each
+    transition, as segmentation_models_pytorch taps them) and the stride-32
+    map is ReLU(norm5) after dense block 4, so every map is normalised.
+    Output stride 16 / 8: the last one / two transitions pool with stride 1
+    (`_AvgPool2x2Stride1`) and the 3x3 convs of the dense blocks after them
+    are dilated by 2 / 4. The transitions' 2x2 pools floor odd sizes, as in
+    torchvision (``ceil_mode`` would put a size guard in exported graphs).
+    Module names are torchvision's (``features.denseblock1...``).
+    """
+
+    first_conv = "features.conv0"
+
+    def __init__(self, name: str, in_channels: int = 3, output_stride: int = 32) -> None:
+        if name == "densenet264":
+            net = DenseNet(**_DENSENET264)
+        else:
+            net = getattr(torchvision.models, name)(weights=None)
+        features = net.features
+        features.conv0 = replace_first_conv(features.conv0, in_channels)
+        transitions = [features.transition1, features.transition2, features.transition3]
+        blocks = [features.denseblock2, features.denseblock3, features.denseblock4]
+        n_dilated = {32: 0, 16: 1, 8: 2}[output_stride]
+        dilation = 1
+        for transition, block in list(zip(transitions, blocks))[len(transitions) - n_dilated:]:
+            transition.pool = _AvgPool2x2Stride1()
+            dilation *= 2
+            for layer in block.children():
+                layer.conv2.dilation = (dilation, dilation)
+                layer.conv2.padding = (dilation, dilation)
+        super().__init__(
+            name=name,
+            in_channels=in_channels,
+            channels=[features.conv0.out_channels, *[t.norm.num_features for t in transitions],
+                      features.norm5.num_features],
+            strides=[min(s, output_stride) for s in (2, 4, 8, 16, 32)],
+            output_stride=output_stride,
+            preprocessing=TORCHVISION.for_channels(in_channels),
+        )
+        self.features = features
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        f = self.features
+        x = f.relu0(f.norm0(f.conv0(x)))
+        out = [x]
+        x = f.denseblock1(f.pool0(x))
+        for transition, block in (
+            (f.transition1, f.denseblock2),
+            (f.transition2, f.denseblock3),
+            (f.transition3, f.denseblock4),
+        ):
+            x = transition.relu(transition.norm(x))
+            out.append(x)
+            x = block(transition.pool(transition.conv(x)))
+        out.append(F.relu(f.norm5(x)))
+        return out
+
+    def imagenet_state(self) -> tuple[str, dict[str, torch.Tensor]]:
+        if self.name not in TORCHVISION_WEIGHTS:
+            raise ValueError(
+                f"there are no ImageNet weights for encoder {self.name!r} in torchvision; "
+                "pass the path of a weights file in torchvision's DenseNet format instead"
+            )
+        return super().imagenet_state()
+
+    def normalise_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        # torchvision's DenseNet files predate its module names ("norm.1" for "norm1");
+        # the missing num_batches_tracked counters are filled in by load_checked.
+        renamed = {}
+        for key, value in state.items():
+            match = _LEGACY_KEY.match(key)
+            renamed[match.group(1) + match.group(2) if match else key] = value
+        return renamed
+
+
 TORCHVISION_ENCODERS: dict[str, type[TorchvisionEncoder]] = {
     "resnet18": ResNetEncoder,
     "resnet34": ResNetEncoder,
@@ -230,6 +333,7 @@ TORCHVISION_ENCODERS: dict[str, type[TorchvisionEncoder]] = {
     "vgg16_bn": VGGEncoder,
     "mobilenet_v3_large": MobileNetV3Encoder,
     "mobilenet_v3_small": MobileNetV3Encoder,
+    **{name: DenseNetEncoder for name in DENSENETS},
 }
 
 
