@@ -12,7 +12,7 @@ $(BIN)/python:
 
 # Re-install when the project's requirements change.
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[test,export,data,geo,weights]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[test,export,data,geo,weights,serve,deploy,mobile]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -75,9 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         known = sorted(p.stem.removeprefix("camvid-") for p in RECIPES.glob("camvid-*.yaml"))
         parser.error(f"no recipe {recipe_path}; known recipes: {', '.join(known)}")
     name = args.name or f"camvid-{args.recipe}" + (f"-{args.model}" if args.model else "")
-    overrides = list(args.overrides)
-    if args.model:
-        overrides += [f"model.name={args.model}", "model.args={}"]
+    # --model first, so that --set model.args.X=... given with it applies to the new model
+    overrides = [f"model.name={args.model}", "model.args={}"] if args.model else []
+    overrides += list(args.overrides)
     if args.threads:
         overrides.append(f"train.threads={args.threads}")
         torch.set_num_threads(args.threads)

@@ -1,4 +1,4 @@
-"""The `imseg` command: train, search, eval, predict, models, plot, demo."""
+"""The `imseg` command: train, search, eval, predict, models, plot, demo, serve."""
 from __future__ import annotations
 
 import argparse
@@ -68,7 +68,7 @@ def _add_search_parser(sub) -> None:
     s = sub.add_parser("search", help="Auto-DeepLab architecture search (cell and network path) on a dataset; "
                                       "writes found.json for model autodeeplab (docs/search.md)")
     s.add_argument("config", help="YAML search config (e.g. configs/search/camvid_cpu.yaml)")
-    s.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override config values, e.g. search.epochs=4")
+    s.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE", help="override config values, e.g. search.epochs=4")
     s.add_argument("--resume", metavar="CHECKPOINT",
                    help="continue a search from a checkpoint, or 'auto': the newest readable one in the run folder")
     s.add_argument("--overwrite", action="store_true",
@@ -96,12 +96,18 @@ def _add_inference_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--flip", action="store_true", help="also average the mirrored image")
 
 
+def _add_backend_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "openvino", "executorch"], default="auto",
+                   help="runtime for the model file (default auto: by file, .onnx onnxruntime, .xml OpenVINO, "
+                        ".pte ExecuTorch, else PyTorch); class names, palette and preprocessing come from the file")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from imseg.engine.eval_run import run_eval
 
     scores = run_eval(args.checkpoint, args.split, args.data_root, args.out, args.batch_size, args.device,
                       inference_overrides=_inference_overrides(args), report=not args.no_report, worst=args.worst,
-                      boundary=not args.no_boundary, config=args.config)
+                      boundary=not args.no_boundary, config=args.config, backend=args.backend)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"{args.split} mIoU: {100 * scores['mIoU']:.1f}")
     return 0
@@ -125,11 +131,14 @@ def _relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from imseg.engine.checkpoint import load_model
+    from imseg.deploy import load_runtime_model
     from imseg.engine.predict import model_inference, predict_files
     from imseg.engine.runtime import resolve_device
 
-    model = load_model(args.checkpoint, resolve_device(args.device))
+    model = load_runtime_model(args.checkpoint, args.backend, resolve_device(args.device))
+    if args.mc_samples and next(model.parameters(), None) is None:
+        raise ValueError(f"--mc-samples samples dropout in PyTorch; {args.checkpoint} runs in another runtime "
+                         f"(--backend {args.backend}): give the checkpoint it was exported from")
     rasters, inputs = _raster_inputs(model, args)
     for path in rasters:
         _predict_raster(model, path, args)
@@ -157,6 +166,7 @@ def _raster_inputs(model, args: argparse.Namespace) -> tuple[list[Path], list[st
 
 def _predict_raster(model, path: Path, args: argparse.Namespace) -> None:
     from imseg.engine.raster_predict import predict_raster
+    from imseg.engine.runtime import model_device
 
     data = (getattr(model, "meta", None) and model.meta.data) or {}
     tile = args.crop or data.get("crop_size") or (512, 512)
@@ -164,7 +174,7 @@ def _predict_raster(model, path: Path, args: argparse.Namespace) -> None:
     if out.resolve() == path.resolve():
         raise ValueError(f"the output {out} is the input raster {path}: choose another --out folder")
     written = predict_raster(model, path, out, tile=tile, stride=args.stride, window_batch=args.window_batch or 2,
-                             confidence=args.confidence, device=next(model.parameters()).device)
+                             confidence=args.confidence, device=model_device(model))
     print(f"wrote {', '.join(map(str, written))} (the input's CRS, transform and size)")
 
 
@@ -229,7 +239,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from imseg.engine.checkpoint import load_model
-    from imseg.engine.export import export_onnx, export_safetensors
+    from imseg.engine.export import export_safetensors
 
     model = load_model(args.checkpoint)
     out = Path(args.out)
@@ -242,9 +252,38 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"wrote {save_pretrained(model, out)}/ (config.json, model.safetensors, README.md; "
               f"load it with imseg.from_pretrained, or upload it with `hf upload OWNER/NAME {out} .`)")
         return 0
-    report = export_onnx(model, out, tuple(args.size), dynamic=not args.static, check=not args.no_check)
+    from imseg.deploy.export import ExportOptions, export_deployable
+
+    options = ExportOptions(size=tuple(args.size), dynamic=not args.static, check=not args.no_check, int8=args.int8,
+                            calibrate=args.calibrate, calibration_method=args.calibration_method,
+                            data_root=args.data_root, config=args.config)
+    report = export_deployable(model, args.format, out, args.checkpoint, options)
     print(json.dumps(report, indent=2))
     return 0
+
+
+def _add_export_parser(sub) -> None:
+    x = sub.add_parser("export", help="export a checkpoint to ONNX, OpenVINO IR or ExecuTorch (each run and checked "
+                                      "against PyTorch; ONNX and OpenVINO also int8), safetensors, or a model "
+                                      "folder in the Hugging Face Hub layout (pretrained); docs/deploy.md")
+    x.add_argument("checkpoint")
+    x.add_argument("--format", choices=["onnx", "openvino", "executorch", "safetensors", "pretrained"],
+                   default="onnx")
+    x.add_argument("--out", required=True, help="output file (.onnx, .xml, .pte or .safetensors), or folder "
+                                                "(pretrained)")
+    x.add_argument("--size", nargs=2, type=int, default=[360, 480], metavar=("H", "W"),
+                   help="example input size (ExecuTorch: the program's fixed size)")
+    x.add_argument("--static", action="store_true", help="fix H x W to --size instead of dynamic")
+    x.add_argument("--no-check", action="store_true", help="skip running the file against eager PyTorch")
+    q = x.add_argument_group("int8 (onnx: onnxruntime static QDQ; openvino: NNCF)")
+    q.add_argument("--int8", action="store_true", help="quantise weights and activations to int8")
+    q.add_argument("--calibrate", type=int, default=32, metavar="N",
+                   help="training images to calibrate activation ranges on (default 32)")
+    q.add_argument("--calibration-method", choices=["minmax", "entropy", "percentile"], default="minmax",
+                   help="onnx: how activation ranges are chosen (default minmax)")
+    q.add_argument("--data-root", help="data folder for calibration (default: the one in the model's config)")
+    q.add_argument("--config", help="take the calibration data section from this YAML (default: the model file's)")
+    x.set_defaults(func=cmd_export)
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -304,6 +343,45 @@ def _add_check_data_parser(sub) -> None:
     c.set_defaults(func=cmd_check_data)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from imseg.serve import missing_extra
+
+    missing = missing_extra()  # before loading the model: the fix is one pip command
+    if missing:
+        print(f"imseg serve: error: {missing}", file=sys.stderr)
+        return 2
+    from imseg.serve.limits import Limits
+    from imseg.serve.server import serve
+
+    limits = Limits(max_bytes=int(args.max_upload_mb * 2**20), max_pixels=int(args.max_megapixels * 1e6),
+                    queue=args.queue)
+    return serve(args.model, host=args.host, port=args.port, samples=args.samples, limits=limits,
+                 backend=args.backend, device=args.device, mc_samples=args.mc_samples, threads=args.threads)
+
+
+def _add_serve_parser(sub) -> None:
+    v = sub.add_parser("serve", help="a web page (Gradio) and an HTTP API that segment uploaded images "
+                                     "(pip install 'imseg[serve]'; docs/serve.md)")
+    v.add_argument("model", help="checkpoint, .safetensors, model folder, or an exported file (.onnx, OpenVINO .xml)")
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                   "only; 0.0.0.0 for every interface)")
+    v.add_argument("--port", type=int, default=7860)
+    v.add_argument("--samples", metavar="DIR", help="offer the pictures in DIR as samples on the page")
+    v.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "openvino", "executorch"],
+                   help="runtime (default: by the file: .onnx onnxruntime, .xml OpenVINO, else PyTorch)")
+    v.add_argument("--device", default="auto", help="PyTorch device (default auto)")
+    v.add_argument("--threads", type=int, help="intra-op threads of the runtime (default: its own choice)")
+    v.add_argument("--mc-samples", type=int, default=8, help="Monte-Carlo dropout passes for the uncertainty map "
+                   "of a model with dropout (default 8; 0: no map)")
+    v.add_argument("--max-upload-mb", type=float, default=20, help="largest upload in MiB (default 20)")
+    v.add_argument("--max-megapixels", type=float, default=12,
+                   help="largest width x height in millions of pixels, read from the header before decoding "
+                        "(default 12)")
+    v.add_argument("--queue", type=int, default=16, help="requests running or waiting at once, page and API "
+                   "together; more are refused as busy (default 16)")
+    v.set_defaults(func=cmd_serve)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from imseg.demo import run_demo
 
@@ -317,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model from a YAML config")
     t.add_argument("config", help="YAML config file (see configs/)")
-    t.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override config values, e.g. train.epochs=5")
+    t.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE", help="override config values, e.g. train.epochs=5")
     t.add_argument("--resume", metavar="CHECKPOINT",
                    help="continue a run from a checkpoint, or 'auto': the newest readable one in the run folder")
     t.add_argument("--overwrite", action="store_true",
@@ -338,11 +416,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-report", action="store_true", help="skip the Markdown report and plots")
     e.add_argument("--no-boundary", action="store_true", help="skip boundary F1 (the slowest metric)")
     e.add_argument("--worst", type=int, default=5, help="images in the report's gallery of worst images")
+    _add_backend_flag(e)
     _add_inference_flags(e)
     e.set_defaults(func=cmd_eval)
 
     pr = sub.add_parser("predict", help="write index-PNG masks and colour overlays for images or folders")
-    pr.add_argument("checkpoint")
+    pr.add_argument("checkpoint", help="checkpoint, .safetensors, model folder, or an exported .onnx / .xml / .pte")
     pr.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     pr.add_argument("--out", required=True, help="output folder")
     pr.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
@@ -354,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="predict .tif inputs tile by tile into GeoTIFFs (automatic for models trained on rasters)")
     pr.add_argument("--confidence", action="store_true",
                     help="rasters: also write <name>_confidence.tif (top probability, entropy)")
+    _add_backend_flag(pr)
     _add_inference_flags(pr)
     pr.set_defaults(func=cmd_predict)
 
@@ -363,17 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--names", action="store_true", help="only the names, one per line")
     m.set_defaults(func=cmd_models)
 
-    x = sub.add_parser("export", help="export a checkpoint to ONNX (checked with onnxruntime), safetensors, or a "
-                                      "model folder in the Hugging Face Hub layout (pretrained)")
-    x.add_argument("checkpoint")
-    x.add_argument("--format", choices=["onnx", "safetensors", "pretrained"], default="onnx")
-    x.add_argument("--out", required=True, help="output file (.onnx or .safetensors), or folder (pretrained)")
-    x.add_argument("--size", nargs=2, type=int, default=[360, 480], metavar=("H", "W"), help="example input size")
-    x.add_argument("--static", action="store_true", help="fix H x W to --size instead of dynamic")
-    x.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
-    x.set_defaults(func=cmd_export)
-
-    for add_parser in (_add_search_parser, _add_split_parser, _add_check_data_parser):
+    for add_parser in (_add_export_parser, _add_search_parser, _add_split_parser, _add_check_data_parser,
+                       _add_serve_parser):
         add_parser(sub)
 
     pl = sub.add_parser("plot", help="draw loss and mIoU curves of a run folder")
@@ -388,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "when the [weights] extra is installed, else configs/demo_camvid.yaml)")
     d.add_argument("--scratch", action="store_true", help="train from random weights even when the [weights] "
                    "extra is installed (configs/demo_camvid.yaml)")
-    d.add_argument("--set", nargs="+", metavar="KEY=VALUE")
+    d.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE")
     d.set_defaults(func=cmd_demo)
     return p
 
@@ -415,8 +486,10 @@ def _user_error(error: Exception) -> bool:
     from imseg.config import ConfigError
     from imseg.data import DataError
     from imseg.engine.checkpoint import CheckpointError
+    from imseg.extras import MissingExtraError
 
-    return isinstance(error, (ConfigError, DataError, CheckpointError, FileNotFoundError, ValueError, TypeError))
+    return isinstance(error, (ConfigError, DataError, CheckpointError, MissingExtraError, FileNotFoundError,
+                              ValueError, TypeError))
 
 
 def _resume_hint(args: argparse.Namespace, argv: list[str] | None) -> str:

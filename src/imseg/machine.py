@@ -157,6 +157,13 @@ def versions(*extra: str) -> dict:
             found[name] = importlib.import_module(name).__version__
         except ImportError:
             found[name] = None
+        except AttributeError:  # a package without __version__ (executorch): its installed distribution's
+            from importlib.metadata import PackageNotFoundError, version
+
+            try:
+                found[name] = version(name.replace("_", "-"))
+            except PackageNotFoundError:
+                found[name] = None
     try:
         found["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
                                              capture_output=True, text=True, check=True).stdout.strip()

@@ -18,6 +18,11 @@ def _is_dropout(module: nn.Module) -> bool:
     return isinstance(module, (nn.modules.dropout._DropoutNd, nn.AlphaDropout, nn.FeatureAlphaDropout))
 
 
+def has_dropout(model: nn.Module) -> bool:
+    """Whether `mc_dropout_predict` can sample ``model`` (it has at least one dropout layer)."""
+    return any(_is_dropout(m) for m in model.modules())
+
+
 @torch.no_grad()
 def mc_dropout_predict(
     model: nn.Module,

@@ -55,10 +55,11 @@ def eval_data_config(model: nn.Module, path: str | Path, data_root: str | None =
 def run_eval(checkpoint: str | Path, split: str, data_root: str | None = None, out: str | None = None,
              batch_size: int = 2, device: str = "auto", progress: bool = True,
              inference_overrides: dict | None = None, boundary: bool = True, calibration: bool = True,
-             report: bool = True, worst: int = 5, config: str | None = None) -> dict[str, Any]:
-    """Evaluate a checkpoint or exported ``.safetensors`` on a split: JSON scores, and a report folder beside
-    them. Under torchrun each process scores one shard of the split and the sums are reduced."""
-    model, record = read_model_file(checkpoint)
+             report: bool = True, worst: int = 5, config: str | None = None, backend: str = "auto") -> dict[str, Any]:
+    """Evaluate a checkpoint, exported ``.safetensors`` or deployed file (``.onnx``, ``.xml``, ``.pte``, run by
+    ``backend``: see `imseg.deploy.open_backend`) on a split: JSON scores, and a report folder beside them.
+    Under torchrun each process scores one shard of the split and the sums are reduced."""
+    model, record = _read_model(checkpoint, backend)
     data_cfg = eval_data_config(model, checkpoint, data_root, config)
     ctx = distributed.setup(device)
     try:
@@ -77,7 +78,8 @@ def run_eval(checkpoint: str | Path, split: str, data_root: str | None = None, o
         scores["inference"] = {"mode": inference.mode, "eval_size": inference.eval_size,
                                "crop_size": inference.crop_size, "stride": inference.stride,
                                "scales": list(inference.scales), "flip": inference.flip}
-        scores.update(checkpoint=str(checkpoint), split=split, model=dict(model.meta.spec),
+        scores.update(checkpoint=str(checkpoint), backend=record.get("backend", "torch"), split=split,
+                      model=dict(model.meta.spec),
                       epoch=record.get("epoch"), torch=torch.__version__, processes=ctx.world_size,
                       command="imseg " + " ".join(sys.argv[1:]))
         if ctx.is_main:
@@ -86,6 +88,18 @@ def run_eval(checkpoint: str | Path, split: str, data_root: str | None = None, o
     finally:
         distributed.teardown(ctx)
     return scores
+
+
+def _read_model(path: str | Path, backend: str) -> tuple[nn.Module, dict[str, Any]]:
+    """The model and its training record: a PyTorch file as always, any other runtime behind `imseg.deploy`."""
+    from imseg.deploy.backends import resolve_backend_name
+
+    name = resolve_backend_name(Path(path), backend)
+    if name == "torch":
+        return read_model_file(path)
+    from imseg.deploy import backend_model, open_backend
+
+    return backend_model(open_backend(path, name)), {"backend": name}
 
 
 def _write(scores: dict[str, Any], out_path: Path, report: bool, **report_inputs: Any) -> None:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from imseg.engine.checkpoint import METADATA_KEY
+from imseg.extras import require
 from imseg.meta import meta_of
 
 
@@ -41,6 +42,7 @@ def export_onnx(model: nn.Module, path: str | Path, size: tuple[int, int] = (360
     With ``check``, onnxruntime runs the file on a random input of another
     size and the largest difference from eager PyTorch is reported.
     """
+    require("onnxscript", "export", "ONNX export")  # torch.onnx's exporter; onnx and onnxruntime come with it
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
@@ -50,9 +52,7 @@ def export_onnx(model: nn.Module, path: str | Path, size: tuple[int, int] = (360
     program = torch.export.export(model, (example,), dynamic_shapes=({**dims},) if dynamic else None)
     torch.onnx.export(program, (example,), str(path), dynamo=True, input_names=["image"], output_names=["logits"],
                       verbose=False)
-    meta = json.dumps(meta_of(model).to_dict())
-    _add_onnx_metadata(path, meta)
-    path.with_suffix(".json").write_text(json.dumps(json.loads(meta), indent=2))  # the same, for people and tools
+    write_onnx_metadata(path, meta_of(model).to_dict())
     report: dict[str, Any] = {"onnx": str(path), "metadata": str(path.with_suffix(".json")), "dynamic": dynamic}
     if check:
         import onnxruntime as ort
@@ -67,14 +67,20 @@ def export_onnx(model: nn.Module, path: str | Path, size: tuple[int, int] = (360
         report["check_size"] = list(probe_size)
         report["max_abs_difference"] = float(abs(got - expected.numpy()).max())
         report["max_abs_logit"] = float(abs(expected).max())
+        report["relative_difference"] = report["max_abs_difference"] / max(report["max_abs_logit"], 1e-12)
     return report
 
 
-def _add_onnx_metadata(path: Path, meta: str) -> None:
-    """Store the metadata inside the graph (``metadata_props``), so the .onnx file is complete on its own."""
+def write_onnx_metadata(path: Path, meta: dict[str, Any]) -> None:
+    """Store the metadata inside the graph (``metadata_props``, replacing any there), so the .onnx file is
+    complete on its own, and the same as ``<name>.json`` beside it for people and tools (nothing reads that)."""
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)  # large models keep their external weights file
+    kept = [p for p in proto.metadata_props if p.key != METADATA_KEY]  # a quantiser may have copied it over
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
     entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, meta
+    entry.key, entry.value = METADATA_KEY, json.dumps(meta)
     onnx.save(proto, str(path))
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2))

@@ -12,6 +12,8 @@ from torch import nn
 from imseg.data.base import DataError, load_image
 from imseg.data.palette import overlay
 from imseg.engine.inference import Inference, infer_logits, inference_from_config
+from imseg.engine.legend import present_classes, with_legend
+from imseg.engine.runtime import model_device
 
 ImageLike = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -60,7 +62,7 @@ def model_inference(model: nn.Module, **overrides) -> Inference:
 @torch.no_grad()
 def predict_logits(model: nn.Module, image: ImageLike, inference: Inference | None = None) -> torch.Tensor:
     """Float logits ``[K,H,W]`` for one image, at the image's own size."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     inference = inference or model_inference(model)
     tensor = _to_tensor(image, inference.preprocessing.num_channels).to(device)
     was_training = model.training
@@ -97,12 +99,17 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     return files
 
 
-def save_mask(mask: np.ndarray, palette: Sequence[Sequence[int]], path: Path) -> None:
-    """An index PNG (mode 'P'): pixel values are class ids, the palette shows colours."""
+def mask_image(mask: np.ndarray, palette: Sequence[Sequence[int]]) -> Image.Image:
+    """An index image (mode 'P'): pixel values are class ids, the palette shows colours."""
     im = Image.fromarray(mask.astype(np.uint8), mode="P")
     flat = [v for colour in palette for v in colour]
     im.putpalette(flat + [0] * (768 - len(flat)))
-    im.save(path)
+    return im
+
+
+def save_mask(mask: np.ndarray, palette: Sequence[Sequence[int]], path: Path) -> None:
+    """An index PNG (mode 'P'): pixel values are class ids, the palette shows colours."""
+    mask_image(mask, palette).save(path)
 
 
 @torch.no_grad()
@@ -118,7 +125,7 @@ def predict_uncertainty(model: nn.Module, image: ImageLike, samples: int,
     from imseg.uncertainty import mc_dropout_predict
 
     inference = inference or model_inference(model)
-    device = next(model.parameters()).device
+    device = model_device(model)
     tensor = _to_tensor(image, inference.preprocessing.num_channels).to(device)
     h, w = tensor.shape[-2:]
     x = inference.preprocessing(tensor.unsqueeze(0))
@@ -130,16 +137,22 @@ def predict_uncertainty(model: nn.Module, image: ImageLike, samples: int,
     return probs.argmax(0).cpu().numpy().astype(np.uint8), entropy.cpu().numpy()
 
 
-def save_uncertainty(entropy: np.ndarray, num_classes: int, path: Path) -> None:
+def uncertainty_image(entropy: np.ndarray, num_classes: int) -> Image.Image:
     """Entropy as an 8-bit grey image: black = certain, white = log(K) (uniform over classes)."""
     scaled = np.clip(entropy / np.log(max(2, num_classes)), 0, 1) * 255
-    Image.fromarray(scaled.round().astype(np.uint8), mode="L").save(path)
+    return Image.fromarray(scaled.round().astype(np.uint8), mode="L")
+
+
+def save_uncertainty(entropy: np.ndarray, num_classes: int, path: Path) -> None:
+    """Entropy as an 8-bit grey PNG: black = certain, white = log(K) (uniform over classes)."""
+    uncertainty_image(entropy, num_classes).save(path)
 
 
 def predict_files(model: nn.Module, inputs: Iterable[str | Path], out_dir: str | Path, alpha: float = 0.5,
                   inference: Inference | None = None, mc_samples: int = 0,
                   failures: list[tuple[Path, str]] | None = None) -> list[Path]:
-    """Write ``<stem>.png`` (index mask) and ``<stem>_overlay.png`` for every input image.
+    """Write ``<stem>.png`` (index mask) and ``<stem>_overlay.png`` (with a legend of the classes it shows,
+    names and colours from the model's metadata) for every input image.
 
     With ``mc_samples`` > 0 the mask comes from Monte-Carlo dropout's mean
     probabilities and ``<stem>_entropy.png`` shows the per-pixel uncertainty.
@@ -151,6 +164,7 @@ def predict_files(model: nn.Module, inputs: Iterable[str | Path], out_dir: str |
     plan = output_names(inputs, out)  # refuses before anything is written
     out.mkdir(parents=True, exist_ok=True)
     palette = model.palette
+    names = getattr(model, "class_names", None) or [f"class_{i}" for i in range(len(palette))]
     written = []
     for path, stem in plan:
         try:
@@ -166,7 +180,8 @@ def predict_files(model: nn.Module, inputs: Iterable[str | Path], out_dir: str |
         else:
             mask = predict(model, path, inference)
         save_mask(mask, palette, out / f"{stem}.png")
-        overlay(rgb, mask, palette, alpha).save(out / f"{stem}_overlay.png")
+        drawn = with_legend(overlay(rgb, mask, palette, alpha), names, palette, present_classes([mask], len(names)))
+        drawn.save(out / f"{stem}_overlay.png")
         written.append(out / f"{stem}.png")
     return written
 

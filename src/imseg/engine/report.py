@@ -3,7 +3,7 @@
 `write_report` puts, beside the eval JSON: ``report.md`` (scores and the
 per-class table), ``confusion_matrix.png`` (row-normalised), ``per_class_iou.png``
 and ``worst/NN_<name>.png`` panels (image | ground truth | prediction |
-errors in red) for the k images with the lowest mIoU.
+errors in red, a legend of the classes in view) for the k images with the lowest mIoU.
 """
 from __future__ import annotations
 
@@ -87,6 +87,8 @@ def write_report(scores: dict[str, Any], out_dir: str | Path, *, model=None, dat
     import torch
 
     from imseg.engine.inference import infer_logits
+    from imseg.engine.legend import present_classes, with_legend
+    from imseg.engine.runtime import model_device
     from imseg.metrics import format_table
 
     out = Path(out_dir)
@@ -118,15 +120,19 @@ def write_report(scores: dict[str, Any], out_dir: str | Path, *, model=None, dat
         order = sorted((v, i) for i, v in enumerate(per_image) if v is not None)[:worst]
         (out / "worst").mkdir(exist_ok=True)
         lines += ["", f"## The {len(order)} images with the lowest mIoU", ""]
-        device = next(model.parameters()).device
+        device = model_device(model)
+        # Colours and names from the model's metadata (a model file carries them), else the data set's.
+        palette = getattr(model, "palette", None) or dataset.palette
+        class_names = getattr(model, "class_names", None) or list(dataset.class_names)
         model.eval()
         for rank, (value, index) in enumerate(order, 1):
             image, truth = dataset[index]
             with torch.no_grad():
                 pred = infer_logits(model, image[None].to(device), inference)[0].argmax(0).cpu().numpy()
             name = Path(dataset.files[index][0]).stem if hasattr(dataset, "files") else str(index)
-            panel = error_panel(image.permute(1, 2, 0).numpy(), truth.numpy(), pred, dataset.palette,
+            panel = error_panel(image.permute(1, 2, 0).numpy(), truth.numpy(), pred, palette,
                                 dataset.ignore_index, f"{name}: mIoU {_pct(value)}")
+            panel = with_legend(panel, class_names, palette, present_classes([truth.numpy(), pred], len(class_names)))
             file = out / "worst" / f"{rank:02d}_{name}.png"
             panel.save(file)
             lines += [f"{rank}. `{name}`: mIoU {_pct(value)}", "", f"   ![{name}](worst/{file.name})", ""]

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Callable
+
+from imseg.engine.checkpoint import remove_partial_checkpoints
+from imseg.engine.run_log import RunLog
 
 # What a run writes; --overwrite deletes exactly these, nothing else the folder holds.
 RUN_FILES = ("metrics.jsonl", "config.yaml", "curves.png")
@@ -49,3 +53,16 @@ def check_run_folder(out_dir: str | Path, overwrite: bool, is_main: bool) -> lis
         for name in RUN_FILES:
             (out_dir / name).unlink(missing_ok=True)
     return found
+
+
+def open_run_logs(is_main: bool, out_dir: Path, ckpt_dir: Path, write_config: Callable[[Path], None],
+                  log: Callable[[str], None]) -> RunLog:
+    """Open a run's logs, training's or the search's: the main process clears interrupted checkpoint
+    writes and writes config.yaml first; the other processes log nothing."""
+    if not is_main:
+        return RunLog()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for leftover in remove_partial_checkpoints(ckpt_dir):
+        log(f"removed {leftover}: a checkpoint write that was interrupted (the checkpoints themselves are intact)")
+    write_config(out_dir / "config.yaml")
+    return RunLog(out_dir)

@@ -92,3 +92,9 @@ def set_threads(threads: int | None) -> None:
     # None keeps torch's default (one thread per core, or OMP_NUM_THREADS).
     if threads:
         torch.set_num_threads(threads)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where ``model``'s weights live; the CPU for a module without any (a runtime behind `imseg.deploy`)."""
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")

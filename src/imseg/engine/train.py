@@ -26,9 +26,9 @@ from typing import Any, Callable
 
 from imseg.config import Config, check_config, save_config
 from imseg.engine import distributed
-from imseg.engine.checkpoint import remove_partial_checkpoints
 from imseg.engine.evaluate import evaluate
 from imseg.engine.loop import EpochStats, train_epoch
+from imseg.engine.run_folder import open_run_logs
 from imseg.engine.run_log import RunLog
 from imseg.engine.run_setup import Run, build_run, plan_steps
 from imseg.engine.run_state import read_resume_state, restore, resume_point, save_run_checkpoint
@@ -70,14 +70,7 @@ def train(cfg: Config, resume: str | Path | None = None, log: Callable[[str], No
 
 
 def _open_run_folder(run: Run, log: Callable[[str], None]) -> RunLog:
-    """Write the run's config.yaml and open its logs (main process only; the others log nothing)."""
-    if not run.ctx.is_main:
-        return RunLog()
-    run.out_dir.mkdir(parents=True, exist_ok=True)
-    for leftover in remove_partial_checkpoints(run.ckpt_dir):
-        log(f"removed {leftover}: a checkpoint write that was interrupted (the checkpoints themselves are intact)")
-    save_config(run.cfg, run.out_dir / "config.yaml")
-    return RunLog(run.out_dir)
+    return open_run_logs(run.ctx.is_main, run.out_dir, run.ckpt_dir, lambda path: save_config(run.cfg, path), log)
 
 
 def _train_epochs(run: Run, logs: RunLog, log: Callable[[str], None]) -> dict[str, Any]:

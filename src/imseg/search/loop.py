@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 
 from imseg.engine import distributed
-from imseg.engine.checkpoint import prune_checkpoints, remove_partial_checkpoints
+from imseg.engine.checkpoint import prune_checkpoints
 from imseg.engine.loop import NonFiniteLoss, epoch_seed
 from imseg.engine.progress import progress
+from imseg.engine.run_folder import open_run_logs
 from imseg.engine.run_log import RunLog
 from imseg.engine.runtime import autocast, seed_everything
 from imseg.models.autodeeplab import OPERATIONS, Architecture
@@ -87,13 +88,7 @@ def search(cfg: SearchConfig, resume: str | Path | None = None, overwrite: bool 
 
 
 def _open_run_folder(run: SearchRun, log: Callable[[str], None]) -> RunLog:
-    if not run.ctx.is_main:
-        return RunLog()
-    run.out_dir.mkdir(parents=True, exist_ok=True)
-    for leftover in remove_partial_checkpoints(run.ckpt_dir):
-        log(f"removed {leftover}: a checkpoint write that was interrupted (the checkpoints themselves are intact)")
-    save_search_config(run.cfg, run.out_dir / "config.yaml")
-    return RunLog(run.out_dir)
+    return open_run_logs(run.ctx.is_main, run.out_dir, run.ckpt_dir, lambda path: save_search_config(run.cfg, path), log)
 
 
 def _search_epochs(run: SearchRun, logs: RunLog, log: Callable[[str], None]) -> dict[str, Any]:
