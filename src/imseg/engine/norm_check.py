@@ -59,6 +59,8 @@ def batch_norm_sees_one_value(model: nn.Module, crop_size: tuple[int, int]) -> b
         except _OneValuePerChannel:
             return True
         except (NotImplementedError, RuntimeError, ValueError):
+            # An op without a meta-tensor kernel (or a size this model refuses) ends the probe: the check then
+            # says nothing, and training goes on to meet any BatchNorm error itself rather than be refused here.
             return False
     return False
 
