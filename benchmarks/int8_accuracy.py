@@ -42,7 +42,8 @@ def score(checkpoint: str, args: argparse.Namespace, folder: Path) -> dict[str, 
     for name in args.variants:
         fmt, int8, backend, file_name = VARIANTS[name]
         options = ExportOptions(size=size, int8=int8, calibrate=args.calibrate, data_root=args.data_root,
-                                config=args.config, calibration_method=args.calibration_method)
+                                config=args.config, calibration_method=args.calibration_method,
+                                keep_float=args.keep_float)
         report = export_deployable(model, fmt, folder / file_name, checkpoint, options)
         scores = run_eval(str(folder / file_name), out=str(folder / f"{name}.json"), backend=backend, **common)
         drop = 100 * (eager["mIoU"] - scores["mIoU"])
@@ -61,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="test")
     p.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS))
     p.add_argument("--calibrate", type=int, default=100, help="training images to calibrate int8 on")
-    p.add_argument("--calibration-method", default="minmax", choices=["minmax", "entropy", "percentile"])
+    p.add_argument("--calibration-method", default="moving-average",
+                   choices=["moving-average", "minmax", "entropy", "percentile"])
+    p.add_argument("--keep-float", default="ends", choices=["none", "head", "ends"], help="layers left in float")
     p.add_argument("--size", nargs=2, type=int, default=[360, 480], help="export size (dynamic files: example only)")
     p.add_argument("--max-drop", type=float, default=1.0, help="target: int8 at most this many mIoU points lower")
     p.add_argument("--keep", help="keep the exported files in this folder (default: a temporary one)")
@@ -72,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         rows = score(args.checkpoint, args, folder)
     out = {"what": f"{args.split} mIoU of {args.checkpoint} in eager fp32 and each export; int8 calibrated on "
-                   f"{args.calibrate} training images ({args.calibration_method}); target: at most "
-                   f"{args.max_drop} points below eager",
+                   f"{args.calibrate} training images ({args.calibration_method}; float: {args.keep_float}); "
+                   f"target: at most {args.max_drop} points below eager",
            "checkpoint": args.checkpoint, "split": args.split, "results": rows, "machine": machine_info(probe=False),
            "versions": versions("onnxruntime", "openvino", "nncf"), "command": "python " + " ".join(sys.argv)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,14 @@
 """A bounded load test of `imseg serve`'s HTTP API: latency, errors and the server's memory.
 
 Starts ``imseg serve`` on loopback as a child process, sends ``--warmup``
-requests one by one, then ``--requests`` ``POST /api/segment`` requests with
+requests (``--concurrency`` at once, so every worker thread of the server has
+served one), then ``--requests`` ``POST /api/segment`` requests with
 ``--concurrency`` clients at once (each the same picture, the mask PNG
 back), and records p50 / p95 / p99 latency, throughput, errors by status,
 and the server's resident memory after the warm-up, at its peak (sampled
-every 0.1 s, and the kernel's high-water mark) and at the end. Writes JSON
+every 0.1 s, and the kernel's high-water mark), once a second through the
+load (``rss_timeline``) and at the end; "flat" is judged on the growth from
+the end of the warm-up and over the second half of the load. Writes JSON
 with the machine, the versions and the command.
 
 Without ``--checkpoint`` the model is an untrained U-Net (ResNet-18
@@ -114,13 +117,20 @@ def one_request(url: str, body: bytes, content_type: str) -> tuple[float, int | 
 class MemorySampler(threading.Thread):
     """The server's resident memory every ``every`` seconds, while the load runs."""
 
-    def __init__(self, pid: int, every: float = 0.1) -> None:
+    def __init__(self, pid: int, every: float = 0.1, record_every: int = 10) -> None:
         super().__init__(daemon=True)
-        self.pid, self.every, self.peak, self.stopped = pid, every, 0.0, threading.Event()
+        self.pid, self.every, self.record_every, self.peak = pid, every, record_every, 0.0
+        self.timeline: list[float] = []  # RSS every ``every * record_every`` seconds
+        self.stopped = threading.Event()
 
     def run(self) -> None:
+        samples = 0
         while not self.stopped.is_set():
-            self.peak = max(self.peak, rss_mib(self.pid)["rss"])
+            rss = rss_mib(self.pid)["rss"]
+            self.peak = max(self.peak, rss)
+            if samples % self.record_every == 0:
+                self.timeline.append(round(rss, 1))
+            samples += 1
             self.stopped.wait(self.every)
 
 
@@ -145,7 +155,8 @@ def run_load(url: str, pid: int, body: bytes, content_type: str, requests: int, 
                            "mean": round(float(ok.mean()), 1) if ok.size else None},
             "latency_ms_all_requests": {"p50": round(float(np.percentile(seconds, 50)), 1),
                                         "p95": round(float(np.percentile(seconds, 95)), 1)},
-            "errors": sum(errors.values()), "errors_by_status": errors, "peak_rss_sampled_mib": round(sampler.peak, 1)}
+            "errors": sum(errors.values()), "errors_by_status": errors, "peak_rss_sampled_mib": round(sampler.peak, 1),
+            "rss_timeline_mib": sampler.timeline}
 
 
 def parse_args() -> argparse.Namespace:
@@ -154,7 +165,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--image", help="picture to send (default: the first CamVid test image)")
     p.add_argument("--requests", type=int, default=200)
     p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--warmup", type=int, default=5, help="requests sent one by one before measuring")
+    p.add_argument("--warmup", type=int, default=16, help="requests sent before measuring (--concurrency at once)")
     p.add_argument("--threads", type=int, help="the server's intra-op threads (default: torch's, one per core)")
     p.add_argument("--queue", type=int, help="the server's --queue (default: twice --concurrency, at least 16)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "serve-load.json"))
@@ -179,7 +190,8 @@ def measure(args: argparse.Namespace, checkpoint: Path, workdir: Path) -> dict:
         startup = time.perf_counter() - started
         idle = rss_mib(server.pid)["rss"]
         url = f"http://127.0.0.1:{port}/api/segment"
-        warm = [one_request(url, body, content_type) for _ in range(args.warmup)]
+        with ThreadPoolExecutor(args.concurrency) as pool:
+            warm = list(pool.map(lambda _: one_request(url, body, content_type), range(args.warmup)))
         if any(status != 200 for _, status in warm):
             raise SystemExit(f"warm-up requests failed: {warm}; server output: {log.read_text()[-2000:]}")
         after_warmup = rss_mib(server.pid)["rss"]
@@ -188,9 +200,12 @@ def measure(args: argparse.Namespace, checkpoint: Path, workdir: Path) -> dict:
     finally:
         server.terminate()
         server.wait(30)
+    timeline = load.pop("rss_timeline_mib")
+    middle = timeline[len(timeline) // 2] if timeline else after_warmup
     memory = {"idle_after_startup": round(idle, 1), "after_warmup": round(after_warmup, 1),
               "end": round(end["rss"], 1), "peak_sampled": load.pop("peak_rss_sampled_mib"),
-              "high_water_mark": round(end["hwm"], 1)}
+              "high_water_mark": round(end["hwm"], 1), "growth_after_warmup": round(end["rss"] - after_warmup, 1),
+              "growth_second_half": round(end["rss"] - middle, 1), "rss_timeline": timeline}
     return {"image": source, "server_args": extra, "server_startup_seconds": round(startup, 1), **load,
             "memory_mib": memory}
 
@@ -221,7 +236,8 @@ def main() -> None:
     print(f"{args.requests} requests, {args.concurrency} at once: p50 {lat['p50']} ms, p95 {lat['p95']} ms, "
           f"{result['throughput_rps']} req/s, {result['errors']} errors; server RSS "
           f"{result['memory_mib']['after_warmup']:.0f} MiB after warm-up, {result['memory_mib']['end']:.0f} MiB at "
-          f"the end (peak {result['memory_mib']['high_water_mark']:.0f}); wrote {args.out}")
+          f"the end (peak {result['memory_mib']['high_water_mark']:.0f}, +{result['memory_mib']['growth_second_half']}"
+          f" over the second half); wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -150,6 +150,20 @@ def test_int8_exports_agree_with_fp32_on_camvid_test_images(checkpoint, data, tm
     miou = mean_iou(got.argmax(1), reference.argmax(1).numpy(), model.meta.num_classes)
     assert result["agreement"] >= INT8_AGREEMENT, result
     assert miou >= INT8_MIOU, miou
+    assert report["keep_float"] == "ends" and report["float_nodes"] >= 3, report
+    if fmt == "onnx":
+        assert _float_convolutions(path) == 3  # the stem and LR-ASPP's two classifiers; every other one int8
+
+
+def _float_convolutions(path: Path) -> int:
+    """Convolutions of a QDQ graph whose weights do not come through a DequantizeLinear."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    producer = {out: node.op_type for node in graph.node for out in node.output}
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    assert len(convs) > 10, len(convs)
+    return sum(producer.get(node.input[1]) != "DequantizeLinear" for node in convs)
 
 
 def test_executorch_program_matches_eager_and_carries_its_metadata(checkpoint, data, tmp_path):

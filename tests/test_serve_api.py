@@ -103,6 +103,29 @@ def test_counts_json_sum_to_the_pixel_count(client, small_image, predictor):
     assert [c["pixels"] for c in body["classes"]] == np.bincount(mask.ravel(), minlength=11).tolist()
 
 
+def test_the_model_runs_on_one_thread_whoever_calls_it(predictor, small_image, monkeypatch):
+    """Memory stays flat only so: glibc keeps freed activation buffers in a malloc arena per calling thread, and
+    a model run from the web server's worker pool held one set of them per worker (serve-load.json grew
+    997 -> 1713 MiB over 200 requests before the model got its own thread)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import imseg.engine.predict as predict_module
+
+    callers, real = set(), predict_module.predict
+
+    def recording(*args, **kwargs):
+        callers.add(threading.get_ident())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predict_module, "predict", recording)
+    image = Image.open(io.BytesIO(small_image))
+    with ThreadPoolExecutor(4) as pool:
+        masks = list(pool.map(lambda _: predictor.segment(image), range(8)))
+    assert len(callers) == 1 and threading.get_ident() not in callers, callers
+    assert all(np.array_equal(m, masks[0]) for m in masks)
+
+
 def test_uncertainty_is_a_grey_png_of_the_image_size(client, small_image):
     response = _post(client, small_image, query="?format=uncertainty")
     assert response.status_code == 200, response.text

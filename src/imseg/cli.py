@@ -256,7 +256,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     options = ExportOptions(size=tuple(args.size), dynamic=not args.static, check=not args.no_check, int8=args.int8,
                             calibrate=args.calibrate, calibration_method=args.calibration_method,
-                            data_root=args.data_root, config=args.config)
+                            keep_float=args.keep_float, data_root=args.data_root, config=args.config)
     report = export_deployable(model, args.format, out, args.checkpoint, options)
     print(json.dumps(report, indent=2))
     return 0
@@ -279,8 +279,12 @@ def _add_export_parser(sub) -> None:
     q.add_argument("--int8", action="store_true", help="quantise weights and activations to int8")
     q.add_argument("--calibrate", type=int, default=32, metavar="N",
                    help="training images to calibrate activation ranges on (default 32)")
-    q.add_argument("--calibration-method", choices=["minmax", "entropy", "percentile"], default="minmax",
-                   help="onnx: how activation ranges are chosen (default minmax)")
+    q.add_argument("--calibration-method", choices=["moving-average", "minmax", "entropy", "percentile"],
+                   default="moving-average", help="onnx: how activation ranges are chosen (default moving-average; "
+                                                  "entropy and percentile hold every activation in memory)")
+    q.add_argument("--keep-float", choices=["none", "head", "ends"], default="ends",
+                   help="layers left in float: the first convolution and the classifier (ends, default), the "
+                        "classifier only (head), or none")
     q.add_argument("--data-root", help="data folder for calibration (default: the one in the model's config)")
     q.add_argument("--config", help="take the calibration data section from this YAML (default: the model file's)")
     x.set_defaults(func=cmd_export)

@@ -18,7 +18,8 @@ class ExportOptions:
     check: bool = True  # run the written file and compare it with eager PyTorch
     int8: bool = False
     calibrate: int = 32  # int8: training images to calibrate activation ranges on
-    calibration_method: str = "minmax"  # int8 ONNX: minmax, entropy or percentile
+    calibration_method: str = "moving-average"  # int8 ONNX: imseg.deploy.onnx_int8.METHODS
+    keep_float: str = "ends"  # int8: layers left in float, none|head|ends (imseg.deploy.float_layers)
     data_root: str | None = None  # int8: where the model's data set is, if not where its config says
     config: str | None = None  # int8: take the data section from this YAML instead of the model file's
 
@@ -42,7 +43,7 @@ def export_deployable(model: nn.Module, fmt: str, out: str | Path, source: str |
         from imseg.deploy.onnx_int8 import export_onnx_int8
 
         return export_onnx_int8(model, out, batches, size, options.dynamic, options.calibration_method,
-                                options.check)
+                                options.check, options.keep_float)
     if fmt == "onnx":
         from imseg.engine.export import export_onnx
 
@@ -50,7 +51,7 @@ def export_deployable(model: nn.Module, fmt: str, out: str | Path, source: str |
     if fmt == "openvino":
         from imseg.deploy.openvino_export import export_openvino
 
-        return export_openvino(model, out, size, options.dynamic, batches, options.check)
+        return export_openvino(model, out, size, options.dynamic, batches, options.check, options.keep_float)
     from imseg.deploy.executorch_export import export_executorch
 
     return export_executorch(model, out, size, options.check)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from imseg.deploy.float_layers import openvino_float_nodes
 from imseg.deploy.openvino_backend import OpenVinoBackend, write_ir_meta
 from imseg.deploy.parity import compare_logits
 from imseg.engine.export import export_onnx
@@ -29,8 +30,10 @@ from imseg.outputs import main_logits
 
 
 def export_openvino(model: nn.Module, path: str | Path, size: tuple[int, int], dynamic: bool = True,
-                    int8_batches: list[np.ndarray] | None = None, check: bool = True) -> dict[str, Any]:
-    """Write ``path`` (``.xml`` + ``.bin``): fp32, or int8 calibrated on ``int8_batches`` when given."""
+                    int8_batches: list[np.ndarray] | None = None, check: bool = True,
+                    keep_float: str = "ends") -> dict[str, Any]:
+    """Write ``path`` (``.xml`` + ``.bin``): fp32, or int8 calibrated on ``int8_batches`` when given, with the
+    layers ``keep_float`` names left in float (`imseg.deploy.float_layers`)."""
     ov = require("openvino", "deploy", "OpenVINO export")
     path = Path(path)
     if path.suffix.lower() != ".xml":
@@ -42,8 +45,11 @@ def export_openvino(model: nn.Module, path: str | Path, size: tuple[int, int], d
         ov_model = ov.convert_model(str(onnx_file))
     if int8_batches is not None:
         nncf = require("nncf", "deploy", "int8 OpenVINO export")
+        excluded = openvino_float_nodes(ov_model, keep_float)
+        scope = nncf.IgnoredScope(names=excluded) if excluded else None
         with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars; stdout carries the JSON report
-            ov_model = nncf.quantize(ov_model, nncf.Dataset(int8_batches), subset_size=len(int8_batches))
+            ov_model = nncf.quantize(ov_model, nncf.Dataset(int8_batches), subset_size=len(int8_batches),
+                                     ignored_scope=scope)
     meta = meta_of(model)
     write_ir_meta(ov_model, meta)
     ov.save_model(ov_model, str(path), compress_to_fp16=False)  # fp16 would cost the fp32 IR its parity
@@ -51,7 +57,7 @@ def export_openvino(model: nn.Module, path: str | Path, size: tuple[int, int], d
     report: dict[str, Any] = {"openvino": str(path), "weights": str(path.with_suffix(".bin")), "dynamic": dynamic,
                               "precision": "int8 (NNCF)" if int8_batches is not None else "fp32"}
     if int8_batches is not None:
-        report["calibration_images"] = len(int8_batches)
+        report.update(calibration_images=len(int8_batches), keep_float=keep_float, float_nodes=len(excluded))
     if check:
         probe = int8_batches[:4] if int8_batches else [_probe(model, size, dynamic)]
         report.update(_check(model, OpenVinoBackend(path), probe))

@@ -105,7 +105,9 @@ def api_router(predictor: Predictor) -> APIRouter:
         try:
             with predictor.admit():
                 data, name = await upload_bytes(request, predictor.limits.max_bytes)
-                return await run_in_threadpool(_segment_response, predictor, data, name, format)
+                # decode, model and encode all on the model's thread: their buffers stay in one malloc arena
+                return await run_in_threadpool(predictor.on_model_thread, _segment_response, predictor, data, name,
+                                               format)
         except (UploadError, Busy) as e:
             return _refusal(e)
 

@@ -1,16 +1,24 @@
 """One model shared by the page and the API: a lock around it, and a bound on who may wait for it.
 
 The model runs one image at a time (a CPU model already uses every core for
-one image; two at once would only double the memory). Requests beyond
-``Limits.queue`` running or waiting are refused at once with `Busy` instead
-of piling up until the machine runs out of memory or clients time out.
+one image; two at once would only double the memory), and always on the same
+thread. That second rule keeps the server's memory flat: glibc gives every
+thread that allocates its own malloc arena and keeps the freed activation
+buffers (megabytes each, under its mmap threshold) there for reuse, so a
+model called from the web server's pool of worker threads ends up holding
+one set of buffers per thread it ever ran on (measured: 997 -> 1713 MiB over
+200 requests from 8 clients, benchmarks/results/serve-load.json before the
+change). Requests beyond ``Limits.queue`` running or waiting are refused at
+once with `Busy` instead of piling up until the machine runs out of memory
+or clients time out.
 """
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -18,6 +26,8 @@ from torch import nn
 
 from imseg.meta import ModelMeta, meta_of
 from imseg.serve.limits import Limits
+
+T = TypeVar("T")
 
 
 class Busy(RuntimeError):
@@ -44,7 +54,9 @@ class Predictor:
         self.inference = model_inference(model)  # the settings the checkpoint stores, as `imseg predict` uses
         self.limits, self.backend, self.source = limits, backend, source
         self.mc_samples = mc_samples if has_dropout(model) else 0
-        self._lock = threading.Lock()
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imseg-model",
+                                                initializer=self._remember_model_thread)
+        self._model_thread_id: int | None = None
         self._slots = threading.BoundedSemaphore(limits.queue)
 
     @property
@@ -70,8 +82,7 @@ class Predictor:
         """The class index of every pixel, ``[H, W]``: what `imseg predict` writes for the same picture."""
         from imseg.engine.predict import predict
 
-        with self._lock:
-            return predict(self.model, image, self.inference)
+        return self.on_model_thread(predict, self.model, image, self.inference)
 
     def uncertainty(self, image: Image.Image) -> np.ndarray | None:
         """Predictive entropy ``[H, W]`` (nats) from ``mc_samples`` Monte-Carlo dropout passes; None for a
@@ -80,8 +91,17 @@ class Predictor:
 
         if self.mc_samples < 1:
             return None
-        with self._lock:
-            return predict_uncertainty(self.model, image, self.mc_samples, self.inference)[1]
+        return self.on_model_thread(predict_uncertainty, self.model, image, self.mc_samples, self.inference)[1]
+
+    def on_model_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` run on the one thread that runs the model (one call at a time; see the module's
+        note on memory), waiting for its turn; called from that thread, it just runs."""
+        if threading.get_ident() == self._model_thread_id:
+            return fn(*args)
+        return self._model_thread.submit(fn, *args).result()
+
+    def _remember_model_thread(self) -> None:
+        self._model_thread_id = threading.get_ident()
 
     def info(self) -> dict:
         """What ``GET /api/info`` tells a client: the model, its classes and colours, the limits."""
