@@ -82,15 +82,19 @@ SMP_SIZE_MULTIPLE = 32
 
 
 def build_ours(spec: dict[str, Any], size: tuple[int, int]) -> torch.nn.Module:
-    """The model with random weights and BatchNorm statistics measured on random pictures.
+    kwargs = {k: v for k, v in spec.items() if k != "name"}
+    return with_batchnorm_statistics(imseg.create_model(spec["name"], K, **kwargs), size)
+
+
+def with_batchnorm_statistics(model: torch.nn.Module, size: tuple[int, int]) -> torch.nn.Module:
+    """``model`` in eval mode, its BatchNorm statistics measured on a few random pictures.
 
     Freshly initialised statistics (mean 0, variance 1) let activations shrink layer after layer: an untrained
-    DeepLabV3-MobileNetV3 answers logits of about 1e-7, which int8 rounds to zero (its OpenVINO int8 check
-    then fails: agreement 0.001). Statistics from a few batches give activations of a trained network's scale,
-    so the int8 files are real int8 models; the speed of no variant depends on them.
+    DeepLabV3-MobileNetV3 answers logits of about 1e-7. int8 rounds those to zero (its OpenVINO int8 check
+    failed: agreement 0.001), and float arithmetic on such values may hit the CPU's slow denormal path, in
+    imseg's model and the peer's alike. Measured statistics give activations of a trained network's scale, so
+    both sides are timed on realistic numbers and the int8 files are real int8 models.
     """
-    kwargs = {k: v for k, v in spec.items() if k != "name"}
-    model = imseg.create_model(spec["name"], K, **kwargs)
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.momentum = None  # a plain average over the batches below
@@ -181,7 +185,7 @@ def bench_model(key: str, variants: list[str], size: tuple[int, int], repeats: i
             rows[variant] = {"size": list(size), "check": _check_fields(report)}
         if with_peer:
             peer_size = _peer_size(peer, size)
-            peer_model = build_peer().eval()
+            peer_model = with_batchnorm_statistics(build_peer(), peer_size)
             calls[f"{peer}-eager-fp32"] = eager_call(peer_model, peer_size)
             rows[f"{peer}-eager-fp32"] = {"size": list(peer_size), "parameters": _parameters(peer_model)}
             if peer_size != size:  # imseg at the peer's size too, for a like-for-like ratio

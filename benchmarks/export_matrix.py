@@ -6,6 +6,7 @@ max |eager|; pass: at most 1e-4). Failures are recorded with the exporter's firs
     python benchmarks/export_matrix.py                          # everything (long: FCN / DeconvNet are big)
     python benchmarks/export_matrix.py --only mobile            # the phone models only (a few minutes)
     python benchmarks/export_matrix.py --models lraspp --formats onnx
+    python benchmarks/export_matrix.py --resume                 # go on where a stopped run left off
 """
 from __future__ import annotations
 
@@ -67,31 +68,48 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS))
     p.add_argument("--size", nargs=2, type=int, default=[96, 128], metavar=("H", "W"))
     p.add_argument("--out", default="benchmarks/results/export-matrix.json")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the models already in --out and run only the others (the JSON is rewritten after "
+                        "every model, so a long run stopped half-way loses at most one model)")
     args = p.parse_args(argv)
     size = (args.size[0], args.size[1])
-    results: dict[str, Any] = {}
+    out = Path(args.out)
+    results: dict[str, Any] = json.loads(out.read_text())["results"] if args.resume and out.exists() else {}
     for key, (name, kwargs) in entries(args.only, args.models).items():
-        torch.manual_seed(0)
-        try:
-            model = imseg.create_model(name, K, **kwargs).eval()
-        except Exception as e:
-            results[key] = {"build_error": f"{type(e).__name__}: {e}"}
+        if key in results:
             continue
-        row: dict[str, Any] = {"model": name, "kwargs": kwargs}
-        for fmt in args.formats:
-            with tempfile.TemporaryDirectory(prefix="imseg-matrix-") as tmp:
-                row[fmt] = try_format(model, fmt, Path(tmp), size)
-            print(f"{key:<36} {fmt:<11} {'ok' if row[fmt]['ok'] else 'FAIL'} "
-                  f"{row[fmt].get('relative_difference') or row[fmt].get('error', '')}", flush=True)
-        results[key] = row
-    out = {"what": f"export at {size[0]}x{size[1]}, run in each runtime, compared with eager (pass: relative "
-                   f"difference <= {RTOL}); random weights, {K} classes",
-           "results": results, "machine": machine_info(probe=False),
-           "versions": versions("onnxruntime", "openvino", "executorch"), "command": "python " + " ".join(sys.argv)}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2))
-    print(f"wrote {args.out}")
+        results[key] = matrix_row(name, kwargs, key, args.formats, size)
+        write(out, results, size)
+    write(out, results, size)
+    print(f"wrote {out}")
     return 0
+
+
+def matrix_row(name: str, kwargs: dict[str, Any], key: str, formats: list[str], size: tuple[int, int]) -> dict:
+    """One model built with random weights and tried in each format."""
+    torch.manual_seed(0)
+    try:
+        model = imseg.create_model(name, K, **kwargs).eval()
+    except Exception as e:
+        return {"build_error": f"{type(e).__name__}: {e}"}
+    row: dict[str, Any] = {"model": name, "kwargs": kwargs}
+    for fmt in formats:
+        with tempfile.TemporaryDirectory(prefix="imseg-matrix-") as tmp:
+            row[fmt] = try_format(model, fmt, Path(tmp), size)
+        print(f"{key:<36} {fmt:<11} {'ok' if row[fmt]['ok'] else 'FAIL'} "
+              f"{row[fmt].get('relative_difference') or row[fmt].get('error', '')}", flush=True)
+    return row
+
+
+def write(out: Path, results: dict[str, Any], size: tuple[int, int]) -> None:
+    record = {"what": f"export at {size[0]}x{size[1]}, run in each runtime, compared with eager (pass: relative "
+                      f"difference <= {RTOL}); random weights, {K} classes",
+              "results": results, "machine": machine_info(probe=False),
+              "versions": versions("onnxruntime", "openvino", "executorch"), "command": "python " + " ".join(sys.argv)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_suffix(".json.partial")
+    partial.write_text(json.dumps(record, indent=2))
+    partial.replace(out)  # atomic: a run killed mid-write leaves the previous file whole
 
 
 if __name__ == "__main__":
