@@ -66,10 +66,14 @@ def _smp(cls: str, encoder: str) -> Callable[[], torch.nn.Module]:
 
 MODELS.update({
     "lraspp": ("LR-ASPP MobileNetV3-Large", {"name": "lraspp"}, "torchvision", _tv("lraspp_mobilenet_v3_large")),
-    # torchvision's configuration, as in benchmarks/speed.py: output stride 16, a head conv, no multi-grid.
+    # torchvision's configuration: output stride 16, a head conv, no multi-grid, ASPP rates 12/24/36 (imseg's
+    # default at output stride 16 is the paper's 6/12/18). On the 23 x 30 map of a 360 x 480 picture the rate-36
+    # branch reads only padding off its centre tap and the rate-24 branch off its centre row: imseg runs those as
+    # 1x1 / 1x3 convolutions (AtrousConv2d, exact), torchvision as full 3x3 ones.
     "deeplabv3_mnv3": ("DeepLabV3 MobileNetV3-Large",
                        {"name": "deeplabv3", "encoder": "mobilenet_v3_large", "output_stride": 16, "head_conv": True,
-                        "multi_grid": None}, "torchvision", _tv("deeplabv3_mobilenet_v3_large", aux_loss=False)),
+                        "multi_grid": None, "aspp_rates": (12, 24, 36)}, "torchvision",
+                       _tv("deeplabv3_mobilenet_v3_large", aux_loss=False)),
     "unet_r18": ("U-Net ResNet-18", {"name": "unet", "encoder": "resnet18"}, "smp", _smp("Unet", "resnet18")),
     # SMP's DeepLabV3+ has depthwise-separable ASPP and decoder convolutions: imseg's `separable` option is the
     # same network (26.69M parameters against SMP's 26.68M; the default, plain convolutions, has 40.3M).

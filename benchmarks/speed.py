@@ -92,8 +92,9 @@ PAIRS = [
     ("DeepLabV3-ResNet50", _ours("deeplabv3", encoder="resnet50", output_stride=8, aspp_rates=(12, 24, 36),
                                  head_conv=True, multi_grid=None), "torchvision", _tv("deeplabv3_resnet50", aux_loss=False),
      (360, 480)),
+    # torchvision's rates here too (12/24/36 at output stride 16; imseg's default is the paper's 6/12/18).
     ("DeepLabV3-MobileNetV3-Large", _ours("deeplabv3", encoder="mobilenet_v3_large", output_stride=16,
-                                          head_conv=True, multi_grid=None), "torchvision",
+                                          aspp_rates=(12, 24, 36), head_conv=True, multi_grid=None), "torchvision",
      _tv("deeplabv3_mobilenet_v3_large", aux_loss=False), (360, 480)),
     ("LR-ASPP-MobileNetV3-Large", _ours("lraspp"), "torchvision", _tv("lraspp_mobilenet_v3_large"), (360, 480)),
     ("U-Net ResNet-34", _ours("unet", encoder="resnet34"), "smp", _smp("Unet", "resnet34"), (352, 480)),

@@ -9,8 +9,9 @@ batch 1; the `ModelMeta` JSON is a second method, ``imseg_metadata``.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -37,16 +38,20 @@ def export_executorch(model: nn.Module, path: str | Path, size: tuple[int, int],
     """Write ``path`` (``.pte``) for ``[1, C, *size]`` input; with ``check``, run it in ExecuTorch's runtime."""
     exir = require("executorch.exir", "mobile", "ExecuTorch export")
     xnnpack = require("executorch.backends.xnnpack.partition.xnnpack_partitioner", "mobile", "ExecuTorch export")
+    from executorch.exir.passes.constant_prop_pass import constant_prop_pass
     path = Path(path)
     if path.suffix.lower() != ".pte":
         raise ValueError(f"--out {path}: an ExecuTorch program is a .pte file")
     path.parent.mkdir(parents=True, exist_ok=True)
     wrapped = _Logits(model.eval())
     example = torch.randn(1, model.preprocessing.num_channels, *size, generator=torch.Generator().manual_seed(0))
-    program = torch.export.export(wrapped, (example,))
     meta = meta_of(model)
-    lowered = exir.to_edge_transform_and_lower(program, partitioner=[xnnpack.XnnpackPartitioner()],
-                                               constant_methods={METADATA_METHOD: json.dumps(meta.to_dict())})
+    with _frozen(wrapped):
+        # Fold what depends only on the weights (the kernel slices of imseg.models.layers.AtrousConv2d):
+        # XNNPACK takes a convolution only when its weight is a constant, not computed in the graph.
+        program = constant_prop_pass(torch.export.export(wrapped, (example,)))
+        lowered = exir.to_edge_transform_and_lower(program, partitioner=[xnnpack.XnnpackPartitioner()],
+                                                   constant_methods={METADATA_METHOD: json.dumps(meta.to_dict())})
     outside = _ops_outside_delegates(lowered)
     path.write_bytes(lowered.to_executorch().buffer)
     path.with_suffix(".json").write_text(json.dumps(meta.to_dict(), indent=2))
@@ -57,6 +62,20 @@ def export_executorch(model: nn.Module, path: str | Path, size: tuple[int, int],
             expected = wrapped(example)
         report.update(check_size=list(size), **compare_logits(ExecuTorchBackend(path).logits(example), expected))
     return report
+
+
+@contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """Parameters without gradients while exporting: folded constants must be plain tensors (ExecuTorch copies
+    the program, and a tensor computed from a parameter that requires grad cannot be deep-copied)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
 
 def _ops_outside_delegates(lowered: Any) -> dict[str, int]:

@@ -57,6 +57,41 @@ def crop_padding(x: torch.Tensor, pads: tuple[int, int, int, int]) -> torch.Tens
     return x
 
 
+class AtrousConv2d(nn.Conv2d):
+    """A dilated convolution with "same" padding that skips the taps that can only read padding.
+
+    With dilation ``d`` at least the feature map's height, every tap above or below the centre row reads
+    the zero padding for every output pixel (output row ``i`` reads rows ``i - d`` and ``i + d``, outside
+    ``[0, H)`` for all ``i`` when ``d >= H``); likewise columns and the width. DeepLab's ASPP meets this often:
+    torchvision's rates 12/24/36 on the 23 x 30 map of a 360 x 480 picture at output stride 16 make the rate-36
+    branch a 1x1 convolution in disguise and the rate-24 branch a 1x3 one. Dropping the dead rows and columns of
+    the kernel gives the same output (up to the order of float sums) and the same gradients for the kept taps
+    (the dropped ones get zero either way), for a fraction of the work. Only where the size is a known number:
+    traced, or exported with a symbolic size, the full kernel runs, so one graph serves every size.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if not (isinstance(h, int) and isinstance(w, int)) or torch.jit.is_tracing() or not self._same_padding():
+            return super().forward(x)
+        (kh, kw), (dh, dw) = self.kernel_size, self.dilation
+        dead_rows, dead_cols = kh > 1 and dh >= h, kw > 1 and dw >= w
+        if not (dead_rows or dead_cols):
+            return super().forward(x)
+        # A kernel side of one tap needs no padding and no dilation. (The slices are computed from the weight:
+        # exporters that want constant weights fold them, see imseg.deploy.executorch_export.)
+        weight, (ph, pw) = self.weight, self.padding
+        if dead_rows:
+            weight, ph, dh = weight[:, :, kh // 2: kh // 2 + 1], 0, 1
+        if dead_cols:
+            weight, pw, dw = weight[:, :, :, kw // 2: kw // 2 + 1], 0, 1
+        return F.conv2d(x, weight, self.bias, self.stride, (ph, pw), (dh, dw), self.groups)
+
+    def _same_padding(self) -> bool:
+        return (self.stride == (1, 1) and self.padding_mode == "zeros" and all(
+            k % 2 == 1 and p == d * (k - 1) // 2 for k, p, d in zip(self.kernel_size, self.padding, self.dilation)))
+
+
 class ConvBNAct(nn.Sequential):
     """Conv -> BatchNorm -> ReLU (``act=False``: no ReLU), "same" padding for any dilation.
 
@@ -76,8 +111,9 @@ class ConvBNAct(nn.Sequential):
         bias: bool = False,
     ) -> None:
         padding = dilation * (kernel_size - 1) // 2
+        conv = AtrousConv2d if dilation > 1 else nn.Conv2d  # same parameters and state-dict keys either way
         layers: list[nn.Module] = [
-            nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=bias),
+            conv(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=bias),
             nn.BatchNorm2d(out_channels),
         ]
         if act:
