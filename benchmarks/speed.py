@@ -121,26 +121,39 @@ def logits(out):
 
 def forward_gflops(model, size):
     counter = FlopCounterMode(display=False)
+    device = next(model.parameters()).device
     with torch.no_grad(), counter:
-        model(torch.zeros(1, 3, *size))
+        model(torch.zeros(1, 3, *size, device=device))
     return counter.get_total_flops() / 1e9
 
 
-def timed_pair(models, size, repeats, batch):
-    """Median forward (batch 1) and train-step (``batch``) seconds per model, runs interleaved."""
-    x1 = torch.randn(1, 3, *size)
-    xb = torch.randn(batch, 3, *size)
-    yb = torch.randint(0, K, (batch, *size))
+def _clock(device: torch.device) -> float:
+    """Wall time after the device's queued work: a CUDA kernel launch returns before the kernel runs."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def timed_pair(models, size, repeats, batch, device=torch.device("cpu"), amp=None):
+    """Median forward (batch 1) and train-step (``batch``) seconds per model, runs interleaved.
+
+    ``amp``: an autocast dtype for both (bf16 on a GPU is how people run these), or None for float32.
+    """
+    x1 = torch.randn(1, 3, *size, device=device)
+    xb = torch.randn(batch, 3, *size, device=device)
+    yb = torch.randint(0, K, (batch, *size), device=device)
     opts = [torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9) for m in models]
+    cast = lambda: torch.autocast(device.type, dtype=amp, enabled=amp is not None)  # noqa: E731
 
     def fwd(m):
         m.eval()
-        with torch.no_grad():
+        with torch.no_grad(), cast():
             m(x1)
 
     def step(m, opt):
         m.train()
-        loss = F.cross_entropy(logits(m(xb)), yb)
+        with cast():
+            loss = F.cross_entropy(logits(m(xb)).float(), yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -149,15 +162,15 @@ def timed_pair(models, size, repeats, batch):
     step_t = [[] for _ in models]
     for r in range(repeats + 1):  # round 0 is the warm-up
         for i, m in enumerate(models):
-            t = time.perf_counter()
+            t = _clock(device)
             fwd(m)
             if r:
-                fwd_t[i].append(time.perf_counter() - t)
+                fwd_t[i].append(_clock(device) - t)
         for i, (m, opt) in enumerate(zip(models, opts)):
-            t = time.perf_counter()
+            t = _clock(device)
             step(m, opt)
             if r:
-                step_t[i].append(time.perf_counter() - t)
+                step_t[i].append(_clock(device) - t)
     return [statistics.median(t) for t in fwd_t], [statistics.median(t) for t in step_t]
 
 
@@ -168,22 +181,27 @@ def main() -> int:
     p.add_argument("--pairs", nargs="*", help="labels to run (default: all)")
     p.add_argument("--out", default="benchmarks/results/speed-vs-peers.json")
     p.add_argument("--plot", default=None, help="also draw the ratios to this PNG (e.g. docs/benchmarks-speed.png)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none",
+                   help="autocast both models to this dtype (default none: float32)")
     args = p.parse_args()
+    device = torch.device(args.device)
+    amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
 
-    peak = matmul_gflops(n=2048, repeats=10)  # the peak the achieved GFLOP/s are compared with
+    peak = _peak_gflops(device, amp)  # the peak the achieved GFLOP/s are compared with
     per_image = data_seconds_per_image(samples=24, color_jitter=0.2)
     data_rate = 1 / per_image if per_image else None
-    print(f"machine: {describe()}")
+    print(f"machine: {describe()}; device {device}, amp {args.amp}")
     print(f"matmul peak {peak:.0f} GFLOP/s; data pipeline {data_rate or float('nan'):.1f} images/s per worker")
     rows = []
     for label, ours, peer, theirs, size in PAIRS:
         if args.pairs and label not in args.pairs:
             continue
         torch.manual_seed(0)
-        models = [ours(), theirs()]
+        models = [ours().to(device), theirs().to(device)]
         flops = [forward_gflops(m.eval(), size) for m in models]
         params = [sum(q.numel() for q in m.parameters()) / 1e6 for m in models]
-        fwd, step = timed_pair(models, size, args.repeats, args.batch)
+        fwd, step = timed_pair(models, size, args.repeats, args.batch, device, amp)
         row = {
             "pair": label, "peer": peer, "size": list(size),
             "imseg": {"params_millions": params[0], "forward_gflops": flops[0], "forward_seconds": fwd[0],
@@ -202,6 +220,8 @@ def main() -> int:
     out = {
         "what": f"imseg / peer in one process: batch-1 forward and batch-{args.batch} train step, median of "
                 f"{args.repeats} interleaved runs after a warm-up; SMP pairs at 352x480 (SMP needs multiples of 32)",
+        "device": str(device), "amp": args.amp,
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "matmul_peak_gflops_per_second": peak,
         "data_pipeline_images_per_second_per_worker": data_rate,
         "results": rows,
@@ -217,6 +237,19 @@ def main() -> int:
         plot_ratios(out, args.plot)
         print(f"wrote {args.plot}")
     return 0
+
+
+def _peak_gflops(device: torch.device, amp) -> float:
+    """The matrix-multiply peak on ``device`` in the timed precision (CPU: float32, as always measured here)."""
+    if device.type != "cuda":
+        return matmul_gflops(n=2048, repeats=10)
+    a = torch.randn(8192, 8192, device=device, dtype=amp or torch.float32)
+    for _ in range(3):
+        a @ a
+    start = _clock(device)
+    for _ in range(10):
+        a @ a
+    return 10 * 2 * 8192**3 / (_clock(device) - start) / 1e9
 
 
 def markdown_table(out: dict) -> str:

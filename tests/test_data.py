@@ -497,3 +497,20 @@ def test_enet_weights_formula_and_absent_class(tmp_path):
     assert torch.allclose(w, torch.tensor(expected, dtype=torch.float32))
     with pytest.raises(ValueError, match="c must be > 1"):
         enet_weights(ds, c=1.0)
+
+
+def test_loss_enet_c_reaches_the_class_weights(tmp_path):
+    from imseg.config import load_config
+    from imseg.engine.run_setup import class_weights_for
+
+    ds = _weights_folder(tmp_path)
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("loss: {class_weights: enet, enet_c: 1.2}\n")
+    logged = []
+    with pytest.warns(UserWarning, match="dog"):
+        w = class_weights_for(load_config(cfg_file), ds, logged.append)
+    expected = [1 / np.log(1.2 + 28 / 32), 1 / np.log(1.2 + 4 / 32), 0.0]
+    assert torch.allclose(w, torch.tensor(expected, dtype=torch.float32))
+    assert "c=1.2" in logged[0]
+    with pytest.raises(Exception, match="loss.enet_c"):
+        load_config(cfg_file, ["loss.enet_c=1.0"])

@@ -8,7 +8,6 @@ uses for ``forward``. A ``.pte`` is fixed to the size it was exported at
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,8 @@ import torch
 
 from imseg.deploy.fit import as_float32, run_fitted
 from imseg.extras import require
-from imseg.meta import MetadataError, ModelMeta
+from imseg.deploy.backends import embedded_meta
+from imseg.meta import ModelMeta
 
 METADATA_METHOD = "imseg_metadata"
 
@@ -50,10 +50,4 @@ def _read_meta(program, path: Path) -> ModelMeta:
     if METADATA_METHOD not in program.method_names:
         raise CheckpointError(f"{path} has no imseg metadata (method {METADATA_METHOD!r}): it was not exported "
                               f"by `imseg export --format executorch`")
-    raw = program.load_method(METADATA_METHOD).execute([])[0]
-    try:
-        return ModelMeta.from_dict(json.loads(raw), str(path))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: the imseg metadata is not valid JSON ({e})") from None
-    except MetadataError as e:
-        raise CheckpointError(str(e)) from None
+    return embedded_meta(program.load_method(METADATA_METHOD).execute([])[0], path, "metadata")

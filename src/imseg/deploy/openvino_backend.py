@@ -16,7 +16,8 @@ import torch
 
 from imseg.deploy.fit import as_float32, run_fitted
 from imseg.extras import require
-from imseg.meta import MetadataError, ModelMeta
+from imseg.deploy.backends import embedded_meta
+from imseg.meta import ModelMeta
 
 RT_INFO_KEY = "imseg"
 
@@ -66,10 +67,4 @@ def read_ir_meta(model: Any, path: Path) -> ModelMeta:
     if not model.has_rt_info([RT_INFO_KEY]):
         raise CheckpointError(f"{path} has no imseg metadata (rt_info key {RT_INFO_KEY!r}): "
                               f"it was not exported by `imseg export --format openvino`")
-    raw = model.get_rt_info([RT_INFO_KEY]).astype(str)
-    try:
-        return ModelMeta.from_dict(json.loads(raw), str(path))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: the imseg rt_info is not valid JSON ({e})") from None
-    except MetadataError as e:
-        raise CheckpointError(str(e)) from None
+    return embedded_meta(model.get_rt_info([RT_INFO_KEY]).astype(str), path, "rt_info")

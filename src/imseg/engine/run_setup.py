@@ -164,7 +164,11 @@ def class_weights_for(cfg: Config, train_ds, log: Callable[[str], None]) -> torc
                 f"loss.class_weights has {len(spec)} values but the dataset has {train_ds.num_classes} classes"
             )
         return torch.tensor(spec, dtype=torch.float32)
-    weights = median_frequency_weights(train_ds) if spec == "median_frequency" else enet_weights(train_ds)
+    if spec == "median_frequency":
+        weights = median_frequency_weights(train_ds)
+    else:
+        weights = enet_weights(train_ds, cfg.loss.enet_c)
+        spec = f"enet (c={cfg.loss.enet_c})"
     log(f"{spec} class weights: " + " ".join(f"{w:.3f}" for w in weights.tolist()))
     return weights
 
