@@ -270,3 +270,13 @@ def test_unet_original_pads_to_a_multiple_of_16() -> None:
     with torch.no_grad():
         assert model(torch.randn(1, 3, 97, 131)).shape == (1, 3, 97, 131)
     assert seen == [(112, 144)]
+
+
+@pytest.mark.parametrize("size", [5, 4, 1])
+def test_local_response_norm_2d_is_torchs_lrn(size: int) -> None:
+    """SegNet-Basic's input LRN through a 2-D average pool (ExecuTorch has no 3-D one): torch's numbers."""
+    from imseg.models.segnet import LocalResponseNorm2d
+
+    x = torch.randn(2, 7, 5, 6) * 3
+    expected = torch.nn.LocalResponseNorm(size, alpha=1e-2, beta=0.75, k=1.0)(x)
+    torch.testing.assert_close(LocalResponseNorm2d(size, alpha=1e-2, beta=0.75, k=1.0)(x), expected)

@@ -60,7 +60,19 @@ def export_openvino(model: nn.Module, path: str | Path, size: tuple[int, int], d
         report.update(calibration_images=len(int8_batches), keep_float=keep_float, float_nodes=len(excluded))
     if check:
         probe = int8_batches[:4] if int8_batches else [_probe(model, size, dynamic)]
-        report.update(_check(model, OpenVinoBackend(path), probe))
+        try:
+            report.update(_check(model, OpenVinoBackend(path), probe))
+        except RuntimeError as e:
+            if not dynamic:
+                raise
+            # Seen with FCN's Caffe crops and DeconvNet's pool5 padding (pads computed from the input size):
+            # the CPU plugin bounds a Pad's output size wrongly when the sizes are dynamic.
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+            first = next((i for i, line in enumerate(lines) if line.startswith("[")), 0)  # "[CPU] ..."
+            cause = " ".join(lines[first:first + 2])
+            raise ValueError(f"OpenVINO cannot run {path} at {probe[0].shape[-2]}x{probe[0].shape[-1]}, a size "
+                             f"other than the export's: {cause[:300]}. Export this model with --static (a "
+                             f"fixed {size[0]}x{size[1]}; docs/deploy.md)") from None
     return report
 
 

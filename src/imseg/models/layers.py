@@ -49,12 +49,15 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
 def crop_padding(x: torch.Tensor, pads: tuple[int, int, int, int]) -> torch.Tensor:
     """Undo `pad_to_multiple` on a map at the same resolution as the padded input.
 
-    A negative pad rather than slicing: under torch.export slicing to a
-    symbolic size adds guards it cannot prove, a negative pad does not.
+    Sizes known as numbers (eager, a fixed-size export): a slice. Symbolic sizes (a dynamic-size export): a
+    negative pad, since under torch.export slicing to a symbolic size adds guards it cannot prove. (ExecuTorch's
+    kernels refuse negative pads; its exports have a fixed size, so they get the slice.)
     """
-    if torch.compiler.is_compiling() or any(pads):
-        x = F.pad(x, tuple(-p for p in pads))
-    return x
+    left, right, top, bottom = pads
+    height, width = x.shape[-2:]
+    if all(isinstance(n, int) for n in (*pads, height, width)):
+        return x[..., top:height - bottom, left:width - right] if any(pads) else x
+    return F.pad(x, tuple(-p for p in pads))
 
 
 class AtrousConv2d(nn.Conv2d):

@@ -199,13 +199,29 @@ def _build_segnet(num_classes: int, encoder_weights: str | None, in_channels: in
                   _dropout_rates(dropout, BAYESIAN_DECODER))
 
 
+class LocalResponseNorm2d(nn.LocalResponseNorm):
+    """torch's across-channel LRN, computed with a 2-D average pool instead of its 3-D one.
+
+    The same arithmetic as ``F.local_response_norm`` on 4-D input (square, zero-pad the channel axis, average
+    ``size`` neighbouring channels, ``x / (k + alpha * avg) ** beta``), but ExecuTorch's runtime has no 3-D
+    average pool kernel, and XNNPACK takes a 2-D one.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        squares = (x * x).reshape(n, 1, c, h * w)
+        squares = F.pad(squares, (0, 0, self.size // 2, (self.size - 1) // 2))
+        average = F.avg_pool2d(squares, (self.size, 1), stride=1).reshape(n, c, h, w)
+        return x / (self.k + self.alpha * average) ** self.beta
+
+
 class SegNetBasicEncoder(nn.Module):
     """SegNet-Basic's encoder: input LRN, then 4 x [7x7 conv 64, BN, ReLU, 2x2 max pool]."""
 
     def __init__(self, in_channels: int, width: int = 64, depth: int = 4) -> None:
         super().__init__()
         # caffe's LRN (across channels) and torch's share the convention: alpha is divided by the size.
-        layers: list[nn.Module] = [nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)]
+        layers: list[nn.Module] = [LocalResponseNorm2d(5, alpha=1e-4, beta=0.75, k=1.0)]
         for i in range(depth):
             layers += [*_conv_bn(in_channels if i == 0 else width, width, 7, relu=True), nn.MaxPool2d(2, 2)]
         self.features = nn.Sequential(*layers)
