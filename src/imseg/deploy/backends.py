@@ -10,14 +10,13 @@ a module that `imseg.engine.inference.infer_logits` and `predict` take.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
-from imseg.meta import MetadataError, ModelMeta
+from imseg.meta import ModelMeta
 
 BACKENDS = ("torch", "onnxruntime", "openvino", "executorch")
 # How "auto" picks: by the file's kind. Anything else (.pt, .safetensors, a model folder) is PyTorch.
@@ -106,17 +105,3 @@ def resolve_backend_name(path: Path, backend: str) -> str:
 def _format_of(backend: str) -> str:
     return {"onnxruntime": "onnx"}.get(backend, backend)
 
-
-def embedded_meta(raw: str, path: Path, where: str) -> ModelMeta:
-    """The `ModelMeta` JSON an exported file carries (``where``: the part of the file that holds it).
-
-    One line naming ``path`` when it is damaged, whichever runtime read it.
-    """
-    from imseg.engine.checkpoint import CheckpointError
-
-    try:
-        return ModelMeta.from_dict(json.loads(raw), str(path))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: the imseg {where} is not valid JSON ({e})") from None
-    except MetadataError as e:
-        raise CheckpointError(str(e)) from None

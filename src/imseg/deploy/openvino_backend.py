@@ -16,7 +16,7 @@ import torch
 
 from imseg.deploy.fit import as_float32, run_fitted
 from imseg.extras import require
-from imseg.deploy.backends import embedded_meta
+from imseg.deploy.file_meta import embedded_meta
 from imseg.meta import ModelMeta
 
 RT_INFO_KEY = "imseg"
