@@ -218,6 +218,23 @@ def test_a_missing_runtime_names_the_extra_to_install(checkpoint, tmp_path, monk
     assert code == 2 and "pip install 'imseg[deploy]'" in err and len(err.strip().splitlines()) == 1
 
 
+def test_an_ir_that_openvino_cannot_run_at_another_size_fails_in_one_line_naming_static(checkpoint, tmp_path,
+                                                                                         monkeypatch):
+    """FCN-8s and DeconvNet meet this (docs/deploy.md): OpenVINO's CPU plugin rejects a dynamic Pad at run time."""
+    pytest.importorskip("openvino")
+    from imseg.deploy import openvino_export
+
+    def refuse(self, batch):
+        raise RuntimeError("Exception from src/inference/src/cpp/infer_request.cpp:224:\n"
+                           "[CPU] Pad node with name 'logits' Check 'getShape().isCompatible(dims)' failed\n"
+                           "ParameterMismatch: Can not clone with new dims.")
+
+    monkeypatch.setattr(openvino_export.OpenVinoBackend, "logits", refuse)
+    code, _, err = run_cli("export", checkpoint, "--format", "openvino", "--out", tmp_path / "m.xml")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--static" in err and "[CPU] Pad node" in err and "Can not clone" in err and "m.xml" in err
+
+
 def test_legend_lists_the_classes_present_with_their_colours():
     names = [f"class number {i}" for i in range(12)]
     palette = [(20 * i, 255 - 20 * i, 7) for i in range(12)]
