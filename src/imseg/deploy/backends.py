@@ -104,4 +104,3 @@ def resolve_backend_name(path: Path, backend: str) -> str:
 
 def _format_of(backend: str) -> str:
     return {"onnxruntime": "onnx"}.get(backend, backend)
-

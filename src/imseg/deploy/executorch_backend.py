@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imseg.deploy.file_meta import embedded_meta
 from imseg.deploy.fit import as_float32, run_fitted
 from imseg.extras import require
-from imseg.deploy.file_meta import embedded_meta
 from imseg.meta import ModelMeta
 
 METADATA_METHOD = "imseg_metadata"

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from imseg.deploy.file_meta import embedded_meta
 from imseg.deploy.fit import as_float32, run_fitted
 from imseg.extras import require
-from imseg.deploy.file_meta import embedded_meta
 from imseg.meta import ModelMeta
 
 RT_INFO_KEY = "imseg"
