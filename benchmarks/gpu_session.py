@@ -68,9 +68,8 @@ def start(cmd: list[str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
 
 
-def run_until(jobs: list[tuple[str, list[str]]], parallel: int, deadline: float, work: Path,
-              running: dict) -> dict[str, int | None]:
-    """Run ``jobs`` ``parallel`` at a time beside ``running`` (name -> Popen); kill what outlives the deadline."""
+def run_until(jobs: list[tuple[str, list[str]]], parallel: int, deadline: float, work: Path) -> dict[str, int | None]:
+    """Run ``jobs`` ``parallel`` at a time; kill what outlives the deadline."""
     codes: dict[str, int | None] = {}
     queue = list(jobs)
     mine: dict[str, subprocess.Popen] = {}
@@ -131,7 +130,7 @@ def main() -> int:
     codes: dict = {}
     speed = [sys.executable, "benchmarks/speed.py", "--device", "cuda", "--amp", "bf16", "--batch", "8",
              "--repeats", "5", "--out", str(args.work / "speed.json")]
-    codes.update(run_until([("speed", speed)], 1, min(deadline, time.time() + 75), args.work, {}))
+    codes.update(run_until([("speed", speed)], 1, min(deadline, time.time() + 75), args.work))
     collect(args.work, args.out, codes)
     long_run = start(camvid_job("camvid-pretrained-random-init", "pretrained",
                                 ["model.args.encoder_weights=null", f"train.max_steps={PRETRAINED_STEPS}"],
@@ -139,7 +138,7 @@ def main() -> int:
     checks = [sys.executable, "benchmarks/gpu_checks.py", "--data-root", args.data_root,
               "--out", str(args.work / "checks.json")]
     jobs = [("checks", checks)] + [(n, camvid_job(n, r, o, args, workers=3)) for n, r, o in variants(args.lite0)]
-    codes.update(run_until(jobs, 2, deadline, args.work, {}))
+    codes.update(run_until(jobs, 2, deadline, args.work))
     collect(args.work, args.out, codes)
     while long_run.poll() is None and time.time() < deadline + 20:
         time.sleep(1)

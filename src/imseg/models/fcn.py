@@ -90,17 +90,11 @@ POOL3_OFFSET = 9
 def _crop(x: torch.Tensor, offset: int, size: Sequence[int]) -> torch.Tensor:
     """``x[..., offset:offset + h, offset:offset + w]`` (Caffe's Crop layer with one offset for both axes).
 
-    Sizes known as numbers (eager, a fixed-size export): a slice. Symbolic sizes (a dynamic-size export):
-    a negative pad, since torch.export cannot prove the guards a slice adds there (the window inside the
-    map: true for Caffe's geometry, but through floor divisions). ExecuTorch's kernels refuse a negative
-    pad (its exports have a fixed size, so they get the slice); OpenVINO's CPU plugin misjudges a negative
-    pad's output size under dynamic shapes (docs/deploy.md: export these with --static).
+    Through `crop_padding` (a slice at known sizes, a negative pad at symbolic ones; see there). OpenVINO's
+    CPU plugin misjudges such a pad's output size under dynamic shapes (docs/deploy.md: export with --static).
     """
-    h, w = size[0], size[1]
     height, width = x.shape[-2:]
-    if all(isinstance(n, int) for n in (h, w, height, width)):
-        return x[..., offset:offset + h, offset:offset + w]
-    return F.pad(x, (-offset, offset + w - width, -offset, offset + h - height))
+    return crop_padding(x, (offset, width - offset - size[1], offset, height - offset - size[0]))
 
 
 def _scaled(x: torch.Tensor, scale: float) -> torch.Tensor:
