@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
 import sys
 import tempfile
 import time
@@ -82,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
                         "every model, so a long run stopped half-way loses at most one model)")
     p.add_argument("--markdown", action="store_true", help="print --out as the table in docs/deploy.md; run nothing")
     p.add_argument("--rounding", action="store_true",
-                   help="add eager_float32_error to the rows of --out that lack it (no exports)")
+                   help="add eager_float32_error and eager_input_sensitivity to the rows of --out that lack them "
+                        "(no exports)")
     args = p.parse_args(argv)
     size = (args.size[0], args.size[1])
     out = Path(args.out)
@@ -111,7 +113,8 @@ def matrix_row(name: str, kwargs: dict[str, Any], key: str, formats: list[str], 
     except Exception as e:
         return {"build_error": f"{type(e).__name__}: {e}"}
     row: dict[str, Any] = {"model": name, "kwargs": kwargs, "conditioned": True,
-                           "eager_float32_error": eager_float32_error(model, size)}
+                           "eager_float32_error": eager_float32_error(model, probe(size)),
+                           "eager_input_sensitivity": eager_input_sensitivity(model, probe(size))}
     for fmt in formats:
         with tempfile.TemporaryDirectory(prefix="imseg-matrix-") as tmp:
             row[fmt] = try_format(model, fmt, Path(tmp), size)
@@ -128,10 +131,24 @@ def within_rounding(difference: float | None, eager_error: float | None) -> bool
     return difference is not None and eager_error is not None and difference <= max(RTOL, 2 * eager_error)
 
 
+def within_sensitivity(difference: float | None, sensitivity: float | None, rounding: float | None) -> bool:
+    """Above the 1e-4 bound, but no further from eager than eager itself moves when the input moves by 1e-6,
+    in a network that jumps: one whose move is over 10x its own float32 rounding. A smooth network moves under
+    such noise by about its rounding (DeconvNet: 1.3e-4 against 3.5e-5) and is held to `within_rounding`;
+    SegNet's max-pool switches are argmax decisions, and a near tie decided the other way (by any summation
+    order) moves a whole unpooled window (4.6e-3 against 2.1e-5; benchmarks/switch_flips.py)."""
+    if difference is None or sensitivity is None or rounding is None:
+        return False
+    return sensitivity > max(RTOL, 10 * rounding) and difference <= 2 * sensitivity
+
+
 def failure(cell: dict[str, Any], rounding: float | None) -> str:
     """Why a cell failed: the exporter's or runtime's error, or how far off it is (against eager's own rounding)."""
     if "error" in cell:
-        return cell["error"]
+        # OpenVINO's size-dependent pads (docs/deploy.md, note 1): the trace is in the JSON, the table says what
+        wrong_size = re.search(r"cannot run \S+ at (\d+)x(\d+), a size other than the export's", cell["error"])
+        return f"runs at the export's size only, not at {wrong_size[1]} x {wrong_size[2]} (note 1)" if wrong_size \
+            else cell["error"]
     difference = cell.get("relative_difference")
     text = f"relative difference {difference:.1e}"
     if rounding:
@@ -147,7 +164,7 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {key} | build failed: {row['build_error']} | | |")
             continue
         cells = []
-        rounding = row.get("eager_float32_error")
+        rounding, sensitivity = row.get("eager_float32_error"), row.get("eager_input_sensitivity")
         for fmt in FORMATS:
             cell = row.get(fmt)
             if cell is None:
@@ -155,6 +172,9 @@ def markdown(results: dict[str, Any]) -> str:
             elif not cell["ok"] and within_rounding(cell.get("relative_difference"), rounding):
                 cells.append(f"ok at float32 rounding ({cell['relative_difference']:.0e}; eager float32 itself "
                              f"{rounding:.0e} from float64)")
+            elif not cell["ok"] and within_sensitivity(cell.get("relative_difference"), sensitivity, rounding):
+                cells.append(f"ok at the model's input sensitivity ({cell['relative_difference']:.0e}; eager itself "
+                             f"moves {sensitivity:.0e} when the input moves 1e-6)")
             elif not cell["ok"] and "fixed_size" in cell:
                 fixed = cell["fixed_size"]
                 if fixed["ok"]:
@@ -196,23 +216,45 @@ def add_rounding(out: Path, size: tuple[int, int]) -> None:
     record = json.loads(out.read_text())
     table = entries("all", None)
     for key, row in record["results"].items():
-        if "eager_float32_error" not in row and key in table:
-            name, kwargs = table[key]
-            torch.manual_seed(0)  # the same weights as the row's exports
-            row["eager_float32_error"] = eager_float32_error(conditioned(imseg.create_model(name, K, **kwargs), size),
-                                                             size)
-            print(f"{key:<36} eager float32 vs float64 {row['eager_float32_error']:.1e}", flush=True)
+        if key not in table or ("eager_float32_error" in row and "eager_input_sensitivity" in row):
+            continue
+        name, kwargs = table[key]
+        torch.manual_seed(0)  # the same weights as the row's exports
+        model = conditioned(imseg.create_model(name, K, **kwargs), size)
+        row.setdefault("eager_float32_error", eager_float32_error(model, probe(size)))
+        row.setdefault("eager_input_sensitivity", eager_input_sensitivity(model, probe(size)))
+        print(f"{key:<36} eager float32 vs float64 {row['eager_float32_error']:.1e}, "
+              f"under 1e-6 input noise {row['eager_input_sensitivity']:.1e}", flush=True)
+        write(out, record["results"], size)  # a long pass stopped half-way keeps what it measured
     write(out, record["results"], size)
 
 
+def probe(size: tuple[int, int]) -> torch.Tensor:
+    """The random picture the exporters check with (imseg.deploy: seed 0), at ``size``."""
+    return torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0))
+
+
 @torch.no_grad()
-def eager_float32_error(model: torch.nn.Module, size: tuple[int, int]) -> float:
-    """max |eager float32 - eager float64| / max |eager float64| on the probe picture: the float32 rounding of
-    the network itself, against which an exported file's difference from eager can be judged."""
-    x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0))
+def eager_float32_error(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """max |eager float32 - eager float64| / max |eager float64| on ``x``: the float32 rounding of the network
+    itself, against which an exported file's difference from eager can be judged."""
     single = main_logits(model(x)).double()
     exact = main_logits(copy.deepcopy(model).double()(x.double()))
     return ((single - exact).abs().max() / exact.abs().max()).item()
+
+
+@torch.no_grad()
+def eager_input_sensitivity(model: torch.nn.Module, x: torch.Tensor, noise: float = 1e-6, draws: int = 3) -> float:
+    """max |eager(x + shift) - eager(x)| / max |eager(x)| over ``draws`` shifts ~ N(0, 1e-6):
+    how far the network itself moves under a change far below any rounding an exporter adds. Smooth networks
+    move about as much as the noise; networks that decide an argmax inside (max-pool switches) can move a whole
+    window when a near tie goes the other way."""
+    clean = main_logits(model(x))
+    moved = 0.0
+    for seed in range(1, draws + 1):
+        shift = noise * torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
+        moved = max(moved, (main_logits(model(x + shift)) - clean).abs().max().item())
+    return moved / clean.abs().max().item()
 
 
 def write(out: Path, results: dict[str, Any], size: tuple[int, int]) -> None:
