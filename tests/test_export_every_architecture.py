@@ -59,10 +59,25 @@ def export(model: torch.nn.Module, fmt: str, name: str, path: Path) -> None:
         export_deployable(model, fmt, path, name, ExportOptions(size=SIZE, dynamic=False))
 
 
+@pytest.fixture(scope="module")
+def built() -> dict[str, torch.nn.Module]:
+    """Conditioned models by entry, built once for the three formats (FCN and DeconvNet take seconds each)."""
+    return {}
+
+
+def conditioned(key: str, built: dict[str, torch.nn.Module]) -> torch.nn.Module:
+    if key not in built:
+        built.clear()  # one model in memory at a time: the cases run model by model
+        name, kwargs = matrix.entries("all", None)[key]
+        torch.manual_seed(0)
+        built[key] = matrix.conditioned(imseg.create_model(name, matrix.K, **kwargs), SIZE)
+    return built[key]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt", list(FILES))
-@pytest.mark.parametrize("key", list(matrix.entries("all", None)))
-def test_every_architecture_exports_and_matches_eager_on_a_camvid_picture(key, fmt, picture, tmp_path, request):
+@pytest.mark.parametrize("key, fmt", [(key, fmt) for key in matrix.entries("all", None) for fmt in FILES])
+def test_every_architecture_exports_and_matches_eager_on_a_camvid_picture(key, fmt, picture, built, tmp_path,
+                                                                         request):
     from imseg.deploy import open_backend
     from imseg.deploy.parity import compare_logits
     from imseg.outputs import main_logits
@@ -70,16 +85,19 @@ def test_every_architecture_exports_and_matches_eager_on_a_camvid_picture(key, f
     name, kwargs = matrix.entries("all", None)[key]
     if (name, fmt) in ROUNDING_BEYOND_TWICE and not kwargs:
         request.applymarker(pytest.mark.xfail(reason=ROUNDING_BEYOND_TWICE[name, fmt], strict=False))
-    torch.manual_seed(0)
-    model = matrix.conditioned(imseg.create_model(name, matrix.K, **kwargs), SIZE)
+    model = conditioned(key, built)
     path = tmp_path / FILES[fmt]
     export(model, fmt, name, path)
     x = model.preprocessing(picture)
     with torch.no_grad():
         expected = main_logits(model(x))
     difference = compare_logits(open_backend(path).logits(x), expected)["relative_difference"]
+    if difference <= matrix.RTOL:
+        return
+    # Beyond the bound: pass only where the network itself is that unstable (measured only here: a float64
+    # copy of FCN or DeconvNet takes seconds).
     rounding, sensitivity = matrix.eager_float32_error(model, x), matrix.eager_input_sensitivity(model, x)
-    assert (difference <= matrix.RTOL or matrix.within_rounding(difference, rounding)
-            or matrix.within_sensitivity(difference, sensitivity, rounding)), (
+    assert matrix.within_rounding(difference, rounding) or matrix.within_sensitivity(difference, sensitivity,
+                                                                                     rounding), (
         f"{key} in {fmt}: {difference:.1e} from eager; eager float32 is {rounding:.1e} from float64 and moves "
         f"{sensitivity:.1e} under 1e-6 input noise")
