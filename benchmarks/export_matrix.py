@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 import imseg
+from imseg.deploy.parity import probe_input
 from imseg.machine import machine_info, versions
 from imseg.outputs import main_logits
 
@@ -113,8 +114,8 @@ def matrix_row(name: str, kwargs: dict[str, Any], key: str, formats: list[str], 
     except Exception as e:
         return {"build_error": f"{type(e).__name__}: {e}"}
     row: dict[str, Any] = {"model": name, "kwargs": kwargs, "conditioned": True,
-                           "eager_float32_error": eager_float32_error(model, probe(size)),
-                           "eager_input_sensitivity": eager_input_sensitivity(model, probe(size))}
+                           "eager_float32_error": eager_float32_error(model, probe_input(3, size)),
+                           "eager_input_sensitivity": eager_input_sensitivity(model, probe_input(3, size))}
     for fmt in formats:
         with tempfile.TemporaryDirectory(prefix="imseg-matrix-") as tmp:
             row[fmt] = try_format(model, fmt, Path(tmp), size)
@@ -221,17 +222,12 @@ def add_rounding(out: Path, size: tuple[int, int]) -> None:
         name, kwargs = table[key]
         torch.manual_seed(0)  # the same weights as the row's exports
         model = conditioned(imseg.create_model(name, K, **kwargs), size)
-        row.setdefault("eager_float32_error", eager_float32_error(model, probe(size)))
-        row.setdefault("eager_input_sensitivity", eager_input_sensitivity(model, probe(size)))
+        row.setdefault("eager_float32_error", eager_float32_error(model, probe_input(3, size)))
+        row.setdefault("eager_input_sensitivity", eager_input_sensitivity(model, probe_input(3, size)))
         print(f"{key:<36} eager float32 vs float64 {row['eager_float32_error']:.1e}, "
               f"under 1e-6 input noise {row['eager_input_sensitivity']:.1e}", flush=True)
         write(out, record["results"], size)  # a long pass stopped half-way keeps what it measured
     write(out, record["results"], size)
-
-
-def probe(size: tuple[int, int]) -> torch.Tensor:
-    """The random picture the exporters check with (imseg.deploy: seed 0), at ``size``."""
-    return torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0))
 
 
 @torch.no_grad()

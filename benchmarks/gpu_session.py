@@ -30,7 +30,7 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 
 PRETRAINED_STEPS = 3909  # camvid-pretrained.json: the 2-hour CPU run's resolved train.max_steps
-FAST_PRETRAINED_STEPS = 809  # camvid-pretrained-fast-ce.json
+FAST_PRETRAINED_STEPS = 1545  # camvid-pretrained-fast-bs4-enc1.json (batch 4)
 FAST_SCRATCH_STEPS = 1890  # camvid-fast-bf16.json
 
 
@@ -40,14 +40,15 @@ def variants(lite0: str) -> list[tuple[str, str, list[str]]]:
     s = [f"train.max_steps={FAST_SCRATCH_STEPS}"]
     return [
         ("p-base", "pretrained-fast", p),
-        ("p-enc-lr-1", "pretrained-fast", p + ["optim.encoder_lr_mult=1.0"]),
+        ("p-enc-lr-0.5", "pretrained-fast", p + ["optim.encoder_lr_mult=0.5"]),
+        ("p-no-class-weights", "pretrained-fast", p + ["loss.class_weights=none"]),
         ("p-lr-4e-3", "pretrained-fast", p + ["optim.lr=0.004"]),
         ("p-ce", "pretrained-fast", p + ["loss.terms=[{name: ce}]"]),
         ("p-scale-0.5-1.5", "pretrained-fast", p + ["data.scale_range=[0.5,1.5]"]),
         ("p-ema", "pretrained-fast", p + ["train.ema_decay=0.995"]),
         ("p-freeze-bn", "pretrained-fast", p + ["train.freeze_bn_stats=true"]),
-        # 288x384 crops cost 1.44x the pixels of 240x320: 809 / 1.44 steps
-        ("p-crop-288x384", "pretrained-fast", [p[0], "train.max_steps=562", "data.crop_size=[288,384]"]),
+        # 288x384 crops cost 1.44x the pixels of 240x320: 1545 / 1.44 steps
+        ("p-crop-288x384", "pretrained-fast", [p[0], "train.max_steps=1073", "data.crop_size=[288,384]"]),
         ("s-base", "fast", s),
         ("s-strong-aug", "fast", s + ["data.scale_range=[0.5,2.0]", "data.color_jitter=0.4"]),
         ("s-wd-0.05", "fast", s + ["optim.weight_decay=0.05"]),

@@ -24,11 +24,12 @@ from typing import Any, Iterator
 import torch
 
 import imseg
+from imseg.deploy.parity import compare_logits, probe_input
 from imseg.machine import machine_info, versions
 from imseg.models import deconvnet, segnet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from export_matrix import K, conditioned, probe  # noqa: E402 - beside this script
+from export_matrix import K, conditioned  # noqa: E402 - beside this script
 
 SWITCH_USERS = (segnet, deconvnet)  # the modules that call max_pool_with_switches
 
@@ -58,7 +59,8 @@ def switches_seen(forced: list[torch.Tensor] | None = None) -> Iterator[list[tor
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max()).item()
+    """max |a - b| / max |b|: the export reports' relative difference (imseg.deploy.parity)."""
+    return compare_logits(a, b)["relative_difference"]
 
 
 @torch.no_grad()
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     size = (args.size[0], args.size[1])
     torch.manual_seed(0)  # the export matrix's weights
     model = conditioned(imseg.create_model(args.model, K), size)
-    x = probe(size)
+    x = probe_input(3, size)
     measured = measure(model, x, args.noise, args.draws)
     report = {"model": args.model, "size": list(size), **measured["report"]}
     if args.executorch:
@@ -120,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or f"benchmarks/results/switch-flips-{args.model}.json")
     record = {**report, "command": "python " + " ".join(sys.argv), "machine": machine_info(probe=False),
               "versions": versions("executorch")}
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    partial = out.with_suffix(".json.partial")
+    partial.write_text(json.dumps(record, indent=2) + "\n")
+    partial.replace(out)  # atomic: a run killed mid-write leaves the previous file whole
     return 0
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from imseg.deploy.executorch_backend import METADATA_METHOD, ExecuTorchBackend
-from imseg.deploy.parity import compare_logits
+from imseg.deploy.parity import compare_logits, probe_input
 from imseg.extras import require
 from imseg.meta import meta_of
 from imseg.outputs import main_logits
@@ -44,7 +44,7 @@ def export_executorch(model: nn.Module, path: str | Path, size: tuple[int, int],
         raise ValueError(f"--out {path}: an ExecuTorch program is a .pte file")
     path.parent.mkdir(parents=True, exist_ok=True)
     wrapped = _Logits(model.eval())
-    example = torch.randn(1, model.preprocessing.num_channels, *size, generator=torch.Generator().manual_seed(0))
+    example = probe_input(model.preprocessing.num_channels, size)
     meta = meta_of(model)
     with _frozen(wrapped):
         # Fold what depends only on the weights (the kernel slices of imseg.models.layers.AtrousConv2d):

@@ -22,7 +22,7 @@ from torch import nn
 
 from imseg.deploy.float_layers import openvino_float_nodes
 from imseg.deploy.openvino_backend import OpenVinoBackend, write_ir_meta
-from imseg.deploy.parity import compare_logits
+from imseg.deploy.parity import compare_logits, probe_input
 from imseg.engine.export import export_onnx
 from imseg.extras import require
 from imseg.meta import meta_of
@@ -78,8 +78,7 @@ def export_openvino(model: nn.Module, path: str | Path, size: tuple[int, int], d
 
 def _probe(model: nn.Module, size: tuple[int, int], dynamic: bool) -> np.ndarray:
     probe_size = (size[0] + 17, size[1] - 13) if dynamic else size  # another size than the export's
-    generator = torch.Generator().manual_seed(0)
-    return torch.randn(1, model.preprocessing.num_channels, *probe_size, generator=generator).numpy()
+    return probe_input(model.preprocessing.num_channels, probe_size).numpy()
 
 
 @torch.no_grad()

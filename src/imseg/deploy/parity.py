@@ -29,6 +29,12 @@ def compare_logits(got: np.ndarray | torch.Tensor, expected: np.ndarray | torch.
             "agreement": float((got.argmax(1) == expected.argmax(1)).mean())}
 
 
+def probe_input(channels: int, size: tuple[int, int]) -> torch.Tensor:
+    """The random picture every exporter checks its file with (and the benchmarks compare on): standard
+    normal values from a generator seeded 0, ``[1, channels, H, W]``, so that reports are repeatable."""
+    return torch.randn(1, channels, *size, generator=torch.Generator().manual_seed(0))
+
+
 def mean_iou(pred: np.ndarray, reference: np.ndarray, num_classes: int) -> float:
     """mIoU of ``pred`` against ``reference`` (both class-id arrays), over the classes either one holds."""
     k = num_classes
