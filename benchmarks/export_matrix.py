@@ -113,9 +113,10 @@ def matrix_row(name: str, kwargs: dict[str, Any], key: str, formats: list[str], 
         model = conditioned(imseg.create_model(name, K, **kwargs), size)
     except Exception as e:
         return {"build_error": f"{type(e).__name__}: {e}"}
+    x = probe_input(3, size)
     row: dict[str, Any] = {"model": name, "kwargs": kwargs, "conditioned": True,
-                           "eager_float32_error": eager_float32_error(model, probe_input(3, size)),
-                           "eager_input_sensitivity": eager_input_sensitivity(model, probe_input(3, size))}
+                           "eager_float32_error": eager_float32_error(model, x),
+                           "eager_input_sensitivity": eager_input_sensitivity(model, x)}
     for fmt in formats:
         with tempfile.TemporaryDirectory(prefix="imseg-matrix-") as tmp:
             row[fmt] = try_format(model, fmt, Path(tmp), size)
@@ -222,8 +223,9 @@ def add_rounding(out: Path, size: tuple[int, int]) -> None:
         name, kwargs = table[key]
         torch.manual_seed(0)  # the same weights as the row's exports
         model = conditioned(imseg.create_model(name, K, **kwargs), size)
-        row.setdefault("eager_float32_error", eager_float32_error(model, probe_input(3, size)))
-        row.setdefault("eager_input_sensitivity", eager_input_sensitivity(model, probe_input(3, size)))
+        x = probe_input(3, size)
+        row.setdefault("eager_float32_error", eager_float32_error(model, x))
+        row.setdefault("eager_input_sensitivity", eager_input_sensitivity(model, x))
         print(f"{key:<36} eager float32 vs float64 {row['eager_float32_error']:.1e}, "
               f"under 1e-6 input noise {row['eager_input_sensitivity']:.1e}", flush=True)
         write(out, record["results"], size)  # a long pass stopped half-way keeps what it measured
