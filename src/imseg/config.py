@@ -169,6 +169,14 @@ class TrainConfig:
     # AVX512-BF16 or AMX, CUDA GPUs with bf16), fp16 on older GPUs, float32 on
     # other CPUs (where bf16 is emulated and many times slower than float32).
     amp: Literal["none", "auto", "bf16", "fp16"] = "none"
+    # Training on the CPU: compute depthwise convolutions' gradients imseg's way
+    # (models/depthwise_grad.py), false: torch's.
+    fast_depthwise_grad: bool = True
+    # Feed training batches channels-last (NHWC): the activations follow, the
+    # weights keep their layout. Unset: on the CPU, where oneDNN's NHWC kernels
+    # are faster (with the option above, 1.4-1.6x a MobileNetV3 or EfficientNet
+    # step: benchmarks/results/depthwise-grad.json), off on GPUs (not measured).
+    channels_last: Optional[bool] = None
     device: str = "auto"
     seed: int = 0
     deterministic: bool = False

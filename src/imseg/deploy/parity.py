@@ -30,9 +30,9 @@ def compare_logits(got: np.ndarray | torch.Tensor, expected: np.ndarray | torch.
 
 
 def probe_input(channels: int, size: tuple[int, int]) -> torch.Tensor:
-    """The random picture the OpenVINO and ExecuTorch exporters check their files with (and the export
+    """The random picture the ONNX, OpenVINO and ExecuTorch exporters check their files with (and the export
     benchmarks compare on): standard normal values from a generator seeded 0, ``[1, channels, H, W]``, so
-    that their reports are repeatable. (The ONNX export, imseg.engine.export, still draws from the global RNG.)"""
+    that their reports are repeatable."""
     return torch.randn(1, channels, *size, generator=torch.Generator().manual_seed(0))
 
 

@@ -97,6 +97,8 @@ def train_epoch(run: Run, epoch: int, logs: RunLog, log: Callable[[str], None]) 
 
 def forward_loss(run: Run, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     images = images.to(run.ctx.device, non_blocking=True)
+    if run.channels_last:  # the activations follow the input's layout: the weights stay as they are
+        images = images.contiguous(memory_format=torch.channels_last)
     masks = masks.to(run.ctx.device, non_blocking=True)
     with autocast(run.ctx.device, run.amp_dtype):
         output = run.train_model(run.meta.preprocessing(images))

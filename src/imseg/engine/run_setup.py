@@ -35,6 +35,7 @@ from imseg.engine.sampling import GlobalBatchSampler
 from imseg.engine.schedule import build_optimizer, build_scheduler
 from imseg.losses import build_loss
 from imseg.meta import ModelMeta
+from imseg.models.depthwise_grad import apply_depthwise_grad
 from imseg.models.registry import create_model
 from imseg.data.collate import collate_pairs
 from imseg.engine.data_fit import model_args_for, preprocessing_for
@@ -79,6 +80,12 @@ class Run:
     @property
     def accum(self) -> int:
         return self.cfg.train.grad_accum
+
+    @property
+    def channels_last(self) -> bool:
+        """Feed training batches channels-last (train.channels_last; unset: on the CPU)."""
+        wanted = self.cfg.train.channels_last
+        return self.ctx.device.type == "cpu" if wanted is None else wanted
 
     @property
     def end_epoch(self) -> int:
@@ -148,6 +155,10 @@ def _model(cfg: Config, ctx: Context, train_ds, log: Callable[[str], None]) -> t
         for module in model.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 module.momentum = cfg.train.bn_momentum
+    switched = apply_depthwise_grad(model, cfg.train.fast_depthwise_grad, ctx.device)
+    if switched and ctx.is_main:
+        log(f"{switched} depthwise convolutions compute their gradients imseg's way on the CPU "
+            "(train.fast_depthwise_grad)")
     if cfg.train.sync_bn and ctx.distributed and ctx.device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model.to(ctx.device), meta
