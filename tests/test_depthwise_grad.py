@@ -52,6 +52,7 @@ def test_float32_gradients_match_torch(geometry, channels_last):
     ref, fast, x = _pair(geometry, bias=True)
     want = _grads(ref, x, channels_last=channels_last)
     got = _grads(fast, x, channels_last=channels_last)
+    assert fast.weight.grad.stride() == fast.weight.stride()  # laid out as its parameter (DDP's buckets)
     for name, a, b in zip(("output", "input grad", "weight grad", "bias grad"), got, want):
         assert a.shape == b.shape, name
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=f"{name} differs for {geometry}")

@@ -174,7 +174,7 @@ class TrainConfig:
     fast_depthwise_grad: bool = True
     # Feed training batches channels-last (NHWC): the activations follow, the
     # weights keep their layout. Unset: on the CPU, where oneDNN's NHWC kernels
-    # are faster (with the option above, 1.4-1.6x a MobileNetV3 or EfficientNet
+    # are faster (with the option above, 1.2-1.6x a MobileNetV3 or EfficientNet
     # step: benchmarks/results/depthwise-grad.json), off on GPUs (not measured).
     channels_last: Optional[bool] = None
     device: str = "auto"

@@ -1,18 +1,18 @@
 """A faster backward pass for depthwise convolutions on CPU (``train.fast_depthwise_grad``).
 
 PyTorch's CPU backward of a depthwise convolution (groups == channels) is
-10 to 60 times slower than its forward (oneDNN and the native kernels
-alike; worst for dilated 5x5 kernels and under bf16), so in MobileNetV3 or
-EfficientNet training most of a step goes there: 225 of 620 ms in a batch-8
-LR-ASPP step on a 2-core AVX-512 EPYC (benchmarks/depthwise_grad.py). Both
+many times slower than its forward (oneDNN and the native kernels alike;
+worst for dilated 5x5 kernels and under bf16), so in MobileNetV3 or
+EfficientNet training much of a step goes there (per-layer and per-step
+timings: benchmarks/depthwise_grad.py, docs/benchmarks.md). Both
 gradients have cheaper forms:
 
 - the input gradient of a depthwise convolution is itself a depthwise
   convolution: the output gradient (zeros inserted between its pixels when
   the stride is above 1) correlated with the flipped kernel, which runs on
   the fast forward kernel;
-- the weight gradient alone, in float32 and channels-last, is 2 to 5 times
-  faster than the two gradients together in the input's layout and dtype.
+- the weight gradient alone runs fastest in float32 and channels-last,
+  whatever the layer's own dtype and layout.
 
 `DepthwiseConv2d` is an `nn.Conv2d` that takes this path when it trains on
 the CPU and the stock one everywhere else (no grad, CUDA, tracing, export),
@@ -68,7 +68,9 @@ def _weight_grad(grad, x, weight, stride, padding, dilation):
     grad_w = torch.ops.aten.convolution_backward(
         grad.to(**as_fast), x.to(**as_fast), weight.to(**as_fast), None, list(stride), list(padding),
         list(dilation), False, [0, 0], weight.shape[0], [False, True, False])[1]
-    return grad_w.to(weight.dtype).contiguous()
+    # In w's own strides: a [C, 1, k, k] tensor is contiguous in more than one stride pattern, and
+    # DDP's gradient buckets (and a fused optimiser) expect a gradient laid out as its parameter.
+    return torch.empty_like(weight).copy_(grad_w)
 
 
 def _zeros_like_layout(t: torch.Tensor, size: list[int]) -> torch.Tensor:
