@@ -44,7 +44,27 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _share_the_cores_between_workers() -> None:
+    """Under pytest-xdist (``make test`` runs ``-n auto``), give each worker its share of the cores.
+
+    torch would start one thread per core in every worker; two workers with
+    two threads each on two cores thrash, and most tests here are small
+    tensors where one thread does as well. Child processes a test starts
+    (the CLI, torchrun) keep their own defaults.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    _share_the_cores_between_workers()
+    _ram_tmp(config)
+
+
+def _ram_tmp(config: pytest.Config) -> None:
     """Put tmp_path on a RAM disk where there is one with room to spare.
 
     Training tests write full checkpoints (and fsync them); on a slow disk

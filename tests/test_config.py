@@ -23,7 +23,8 @@ def test_every_shipped_config_loads_and_builds_its_model(path):
 # 1-2 GB each: they train in the slow suite. In the default suite their
 # configs still load and build (above), and their models' forward/backward
 # contract runs in tests/test_models.py.
-HEAVY_CONFIGS = {"camvid_fcn8s.yaml", "camvid_deconvnet.yaml"}
+# RefineNet-ResNet-101 at 96x128 takes 17 s; its model runs in tests/test_zoo_context.py too.
+HEAVY_CONFIGS = {"camvid_fcn8s.yaml", "camvid_deconvnet.yaml", "camvid_refinenet.yaml"}
 
 
 @pytest.fixture(scope="module")

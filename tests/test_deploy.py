@@ -135,7 +135,9 @@ def test_a_static_export_serves_other_sizes_by_padding_and_windows(checkpoint, d
     assert runtime.logits(x[:, :, :50, :70]).shape == (2, 11, 50, 70)  # smaller: padded, cropped back
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+# Calibrating and running int8 takes 18 s per format: ONNX's runs in make test, OpenVINO's (NNCF) with
+# ExecuTorch's lowering (28 s) and OpenVINO's static IR (15 s) in make test-all, to keep CI in its 10 minutes.
+@pytest.mark.parametrize("fmt", ["onnx", pytest.param("openvino", marks=pytest.mark.slow)])
 def test_int8_exports_agree_with_fp32_on_camvid_test_images(checkpoint, data, tmp_path, fmt):
     pytest.importorskip("nncf") if fmt == "openvino" else None
     path = tmp_path / ("q.onnx" if fmt == "onnx" else "q.xml")
@@ -166,6 +168,7 @@ def _float_convolutions(path: Path) -> int:
     return sum(producer.get(node.input[1]) != "DequantizeLinear" for node in convs)
 
 
+@pytest.mark.slow
 def test_executorch_program_matches_eager_and_carries_its_metadata(checkpoint, data, tmp_path):
     pytest.importorskip("executorch")
     report = _export(checkpoint, tmp_path / "m.pte", "--format", "executorch")
@@ -218,6 +221,7 @@ def test_a_missing_runtime_names_the_extra_to_install(checkpoint, tmp_path, monk
     assert code == 2 and "pip install 'imseg[deploy]'" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_an_ir_that_openvino_cannot_run_at_another_size_fails_in_one_line_naming_static(checkpoint, tmp_path,
                                                                                          monkeypatch):
     """FCN-8s and DeconvNet meet this (docs/deploy.md): OpenVINO's CPU plugin rejects a dynamic Pad at run time."""

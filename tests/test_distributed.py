@@ -109,6 +109,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # 16 s; the one-node two-process runs above check the same synchronisation
 def test_two_nodes_on_loopback_agree_with_one_process(runs):
     """Two torchrun launches with --nnodes 2 (one process each) meet on 127.0.0.1 and train as one."""
     root = runs / "data"
@@ -187,6 +188,7 @@ def test_two_processes_accumulating_follow_one_process(runs, counted):
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # 30 s; tests/test_finetune.py checks freezing in one process
 def test_a_frozen_then_unfrozen_encoder_trains_under_two_processes_as_under_one(tmp_path):
     """The DDP wrapper is rebuilt when the encoder unfreezes: were it kept, the encoder's gradients
     would not be averaged across processes and rank 0's weights would drift from the one-process run."""

@@ -17,7 +17,7 @@ from imseg.models import (SegOutput, build_encoder, create_model, list_models, m
 from imseg.models.base import SegmentationModel
 from imseg.models.encoders import Encoder
 from imseg.models.fcn import FCN8s
-from imseg.models.layers import upsampling_deconv
+from imseg.models.layers import resize_to, upsampling_deconv
 from imseg.preprocessing import CAFFE, TORCHVISION, Preprocessing
 
 NUM_CLASSES = 5
@@ -96,7 +96,11 @@ def _parameters_that_learn(model: nn.Module, x: torch.Tensor, target: torch.Tens
 # "Every parameter learns", not "every parameter has a gradient on the first step": a zero-initialised
 # classifier (FCN's score_fr, as in the paper) gives the layers below it a zero gradient until its first
 # update, and learns from the second step on. Two steps on one batch show every parameter moving.
-@pytest.mark.parametrize("name", MODELS)
+# FCN-8s stands for its variants here (16s, 32s and the at-once 8s: 8 s each); the slow suite runs them all.
+FCN_VARIANTS = {"fcn16s", "fcn32s", "fcn8s_atonce"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in FCN_VARIANTS else n for n in MODELS])
 def test_every_parameter_learns(name: str) -> None:
     model = build(name).train()
     x = torch.randn(2, 3, 64, 96)
@@ -223,6 +227,32 @@ def test_other_encoders(name: str, kwargs: dict) -> None:
     model = build(name, **kwargs).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 97, 131)).shape == (1, NUM_CLASSES, 97, 131)
+
+
+def test_lraspp_detail_stride_4_refines_the_stride_8_scores() -> None:
+    """detail_stride=4 adds a residual stride-4 branch: with its classifier at zero it is the plain head."""
+    torch.manual_seed(0)
+    plain = build("lraspp", encoder="mobilenet_v3_small").eval()
+    fine = build("lraspp", encoder="mobilenet_v3_small", detail_stride=4).eval()
+    missing, unexpected = fine.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("refine.") for k in missing)
+    x = torch.randn(1, 3, 97, 131)
+    with torch.no_grad():
+        nn.init.zeros_(fine.refine.classifier.weight)
+        nn.init.zeros_(fine.refine.classifier.bias)
+        feats = plain.encoder(x)
+        coarse = plain.classifier(feats[plain.low_index], feats[-1])
+        fine_size = feats[fine.fine_index].shape[-2:]
+        assert fine_size == (25, 33)  # stride 4 of 97x131
+        expected = resize_to(resize_to(coarse, fine_size), x.shape[-2:])
+        torch.testing.assert_close(fine(x), expected)
+        nn.init.normal_(fine.refine.classifier.weight)
+        assert not torch.allclose(fine(x), expected)  # the branch does change the scores
+    fine.train()
+    fine(torch.randn(2, 3, 64, 96)).mean().backward()
+    assert all(p.grad is not None for p in fine.refine.parameters())
+    with pytest.raises(ValueError, match="detail_stride is 8 .* or 4.*got 2"):
+        build("lraspp", detail_stride=2)
 
 
 def test_unet_decoder_channels_must_match_the_encoder() -> None:
