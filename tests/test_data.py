@@ -514,3 +514,49 @@ def test_loss_enet_c_reaches_the_class_weights(tmp_path):
     assert "c=1.2" in logged[0]
     with pytest.raises(Exception, match="loss.enet_c"):
         load_config(cfg_file, ["loss.enet_c=1.0"])
+
+
+# ------------------------------------------------------------ decoded-sample cache
+
+
+def test_sample_cache_serves_later_reads_from_memory_with_the_same_values(tmp_path, monkeypatch):
+    from imseg.data import base
+
+    root = make_folder(tmp_path, stems=("a", "b"))
+    Image.fromarray(np.arange(8 * 10 * 3, dtype=np.uint8).reshape(8, 10, 3)).save(root / "images" / "a.png")
+    plain, cached = folder(root), folder(root)
+    cached.cache_samples = True
+    first = cached.load_pair(0)
+    monkeypatch.setattr(base, "load_image", lambda *a, **k: pytest.fail("a cached sample was decoded again"))
+    again = cached.load_pair(0)
+    monkeypatch.undo()
+    for got, want in ((first, plain.load_pair(0)), (again, plain.load_pair(0))):
+        assert torch.equal(got[0], want[0]) and got[0].dtype == torch.uint8
+        assert torch.equal(got[1], want[1]) and got[1].dtype == torch.int64
+    again[0].zero_()
+    again[1].fill_(7)  # a caller writing into its sample must not change the cache
+    assert torch.equal(cached.load_pair(0)[0], plain.load_pair(0)[0])
+    assert torch.equal(cached.load_pair(0)[1], plain.load_pair(0)[1])
+    assert cached._samples[0][1].dtype == torch.uint8  # labels kept compact
+
+
+def test_sample_cache_stops_at_its_byte_cap(tmp_path, monkeypatch):
+    from imseg.data import base
+
+    ds = folder(make_folder(tmp_path, stems=("a", "b", "c")))
+    ds.cache_samples = True
+    monkeypatch.setattr(base, "SAMPLE_CACHE_BYTES", 2 * (8 * 10 * 3 + 8 * 10))  # room for two samples
+    for i in range(3):
+        ds.load_pair(i)
+    assert sorted(ds._samples) == [0, 1]
+    assert torch.equal(ds.load_pair(2)[1], folder(tmp_path).load_pair(2)[1])  # the third is still read
+
+
+def test_sample_cache_setting():
+    from imseg.data.build import resolve_sample_cache
+
+    assert resolve_sample_cache(data_cfg(num_workers=0)) is True
+    assert resolve_sample_cache(data_cfg(num_workers=2)) is False
+    assert resolve_sample_cache(data_cfg(num_workers=0, cache=False)) is False
+    with pytest.raises(DataError, match="data.cache: true needs data.num_workers: 0 \\(got 2\\)"):
+        resolve_sample_cache(data_cfg(num_workers=2, cache=True))

@@ -136,7 +136,7 @@ def test_a_static_export_serves_other_sizes_by_padding_and_windows(checkpoint, d
 
 
 # Calibrating and running int8 takes 18 s per format: ONNX's runs in make test, OpenVINO's (NNCF) with
-# ExecuTorch's lowering (28 s) and OpenVINO's static IR (15 s) in make test-all, to keep CI in its 10 minutes.
+# OpenVINO's static IR (15 s, below) in make test-all, to keep CI in its 10 minutes.
 @pytest.mark.parametrize("fmt", ["onnx", pytest.param("openvino", marks=pytest.mark.slow)])
 def test_int8_exports_agree_with_fp32_on_camvid_test_images(checkpoint, data, tmp_path, fmt):
     pytest.importorskip("nncf") if fmt == "openvino" else None
@@ -168,7 +168,7 @@ def _float_convolutions(path: Path) -> int:
     return sum(producer.get(node.input[1]) != "DequantizeLinear" for node in convs)
 
 
-@pytest.mark.slow
+# 28 s, but the only check of the phone export that runs in make test: it stays.
 def test_executorch_program_matches_eager_and_carries_its_metadata(checkpoint, data, tmp_path):
     pytest.importorskip("executorch")
     report = _export(checkpoint, tmp_path / "m.pte", "--format", "executorch")

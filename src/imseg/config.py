@@ -51,6 +51,10 @@ class DataConfig:
     color_jitter: float = 0.0
     batch_size: int = 8
     num_workers: int = 2
+    # Keep decoded samples in memory after their first read (later epochs skip the decode). None:
+    # on when num_workers is 0 (the loader runs in the training process, so the cache lasts the
+    # run); with workers each one would fill its own copy, and lose it at every epoch's end.
+    cache: Optional[bool] = None
     train_split: str = "train"
     val_split: str = "val"
     test_split: str = "test"

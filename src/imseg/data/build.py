@@ -129,3 +129,18 @@ def build_dataset(cfg: DataConfig | Mapping, split: str, train: bool) -> Segment
     if cfg.name not in DATASETS:
         raise DataError(f"unknown dataset {cfg.name!r} (data.name); choose one of {sorted(DATASETS)}")
     return DATASETS[cfg.name](cfg, split, train)
+
+
+def resolve_sample_cache(cfg: DataConfig) -> bool:
+    """Whether training keeps decoded samples in memory (``data.cache``; None: when ``num_workers`` is 0).
+
+    A DataLoader worker is a separate process that ends with its epoch, so
+    its cache would be refilled every epoch, once per worker: only the
+    in-process loader (``num_workers: 0``, the CPU recipes' choice) keeps it.
+    """
+    if cfg.cache is None:
+        return cfg.num_workers == 0
+    if cfg.cache and cfg.num_workers > 0:
+        raise DataError(f"data.cache: true needs data.num_workers: 0 (got {cfg.num_workers}): each DataLoader "
+                        "worker would decode into its own copy and lose it at the end of every epoch")
+    return bool(cfg.cache)

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Subset
 
 from imseg.config import Config
 from imseg.data import build_dataset, enet_weights, median_frequency_weights
+from imseg.data.build import resolve_sample_cache
 from imseg.data.stats import warn_if_crops_are_mostly_padding
 from imseg.engine import budget
 from imseg.engine.distributed import Context
@@ -117,6 +118,12 @@ def build_run(cfg: Config, ctx: Context, log: Callable[[str], None]) -> Run:
     if ctx.is_main:
         warn_if_crops_are_mostly_padding(train_ds, cfg.data.crop_size, cfg.data.scale_range, cfg.data.train_size)
     val_ds = build_dataset(cfg.data, cfg.data.val_split, train=False) if cfg.data.val_split else None
+    cache = resolve_sample_cache(cfg.data)
+    for ds in (train_ds, val_ds):
+        if ds is not None:
+            ds.cache_samples = cache
+    if cache:
+        log("decoded images and masks stay in memory after their first read (data.cache)")
     model, meta = _model(cfg, ctx, train_ds, log)
     check_batch_norm_batch_size(cfg, ctx, model)  # batch 1 trains or fails here, not mid-step
     weights = class_weights_for(cfg, train_ds, log)
