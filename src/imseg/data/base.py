@@ -228,8 +228,9 @@ class SegmentationDataset(Dataset):
 
     ``cache_samples = True`` keeps each decoded sample (image and checked
     labels, before augmentation) after its first read, up to
-    ``SAMPLE_CACHE_BYTES``, so later epochs skip the PNG/JPEG decode: a third
-    of the data time of a CamVid training step (see `resolve_sample_cache`).
+    ``SAMPLE_CACHE_BYTES``, so later epochs skip the PNG/JPEG decode: more
+    than half of the data time of a CamVid training sample
+    (benchmarks/results/sample-cache.json; see `resolve_sample_cache`).
 
     ``dataset[i]`` returns ``(image uint8 [3, H, W], mask int64 [H, W])``.
     """
