@@ -28,6 +28,11 @@ FAST_KWARGS: dict[str, dict] = {"fcn8s": {"fc_channels": 32}}
 for _path in sorted(Path(__file__).parent.glob("test_zoo_*.py")):
     FAST_KWARGS.update(getattr(importlib.import_module(f"tests.{_path.stem}"), "FAST_KWARGS", {}))
 MODELS = list_models()
+# FCN-8s stands for its variants (16s, 32s and the at-once 8s: the same VGG-16 trunk, run on a 100-pixel
+# padded input, 3-8 s each per test) in the registry-wide tests; the slow suite runs them all, and
+# tests/test_zoo_fcn.py runs every variant's own geometry in the default suite.
+FCN_VARIANTS = {"fcn16s", "fcn32s", "fcn8s_atonce"}
+MODELS_FAST = [pytest.param(n, marks=pytest.mark.slow) if n in FCN_VARIANTS else n for n in MODELS]
 
 
 def build(name: str, **kwargs) -> nn.Module:
@@ -51,7 +56,7 @@ def test_registry_lists_the_models() -> None:
 # 64x96 also runs in eval mode in test_in_channels and in train mode in
 # test_every_parameter_learns, so the default suite keeps the odd size.
 @pytest.mark.parametrize("size", [(97, 131), pytest.param((64, 96), marks=pytest.mark.slow)])
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", MODELS_FAST)
 def test_output_is_input_size_in_train_and_eval(name: str, size: tuple[int, int]) -> None:
     model = cached(name)
     model.train()
@@ -96,11 +101,7 @@ def _parameters_that_learn(model: nn.Module, x: torch.Tensor, target: torch.Tens
 # "Every parameter learns", not "every parameter has a gradient on the first step": a zero-initialised
 # classifier (FCN's score_fr, as in the paper) gives the layers below it a zero gradient until its first
 # update, and learns from the second step on. Two steps on one batch show every parameter moving.
-# FCN-8s stands for its variants here (16s, 32s and the at-once 8s: 8 s each); the slow suite runs them all.
-FCN_VARIANTS = {"fcn16s", "fcn32s", "fcn8s_atonce"}
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in FCN_VARIANTS else n for n in MODELS])
+@pytest.mark.parametrize("name", MODELS_FAST)
 def test_every_parameter_learns(name: str) -> None:
     model = build(name).train()
     x = torch.randn(2, 3, 64, 96)
@@ -111,7 +112,7 @@ def test_every_parameter_learns(name: str) -> None:
 
 # norm="group" (imseg/models/norm.py) is what makes batch size 1 trainable for the models whose BatchNorm
 # follows a global pooling (PSPNet, DeepLabv3/v3+, PAN, Auto-DeepLab); every model must take it.
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", MODELS_FAST)
 def test_trains_a_step_at_batch_one_with_group_norm(name: str) -> None:
     model = build(name, norm="group").train()
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
@@ -124,7 +125,7 @@ def test_trains_a_step_at_batch_one_with_group_norm(name: str) -> None:
 # One and four channels take the same path through every builder (the first
 # convolution is built for ``in_channels``); the slow suite runs both.
 @pytest.mark.parametrize("in_channels", [pytest.param(1, marks=pytest.mark.slow), 4])
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", MODELS_FAST)
 def test_in_channels(name: str, in_channels: int) -> None:
     model = build(name, in_channels=in_channels).eval()
     with torch.no_grad():
