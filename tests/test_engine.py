@@ -46,8 +46,8 @@ def caffe_run(tiny_root, tmp_path_factory):
 
 
 def test_overfits_two_camvid_images(tiny_root, tmp_path):
-    # The crop is the 64x96 image itself: tiny_config's 96x128 would pad each crop with ignored pixels that
-    # cost a third of the time and teach nothing. 60 steps end at 0.89-0.93 depending on the thread count
+    # The crop is the 64x96 image itself: tiny_config's 96x128 crops would be half ignored padding, computed
+    # for nothing. 60 steps end at 0.89-0.93 depending on the thread count
     # (the path of an overfitting run is chaotic in the last bits); 80 reach 0.95.
     cfg = config_from_dict(tiny_config(tiny_root, tmp_path / "run", **{"train.epochs": 80, "train.val_every": 80,
                                                                        "train.save_every": 80,
