@@ -116,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         steps_per_epoch = max(1, 367 // cfg.data.batch_size // cfg.train.grad_accum)  # CamVid's 367 images
         record.update(steps=summary["total_steps"], epochs=summary["total_steps"] / steps_per_epoch,
                       resolved_max_steps=summary["total_steps"], budget=summary["budget"],
-                      repeat_with=f"--set train.max_steps={summary['total_steps']}")
+                      amp_choice=summary.get("amp_choice"), resolved_amp=summary.get("resolved_amp"),
+                      repeat_with=f"--set train.max_steps={summary['total_steps']}"
+                      + (f" --set train.amp={summary['resolved_amp']}" if summary.get("amp_choice") else ""))
         if summary["budget"]:
             record["budget_minutes"] = summary["budget"]["budget_minutes"]
         epochs = {e["epoch"]: e for e in read_log(run_dir) if e.get("type") == "epoch"}

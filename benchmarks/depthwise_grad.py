@@ -35,7 +35,7 @@ import torchvision
 
 import imseg
 from imseg.losses import OhemCrossEntropyLoss
-from imseg.machine import cpu_supports_bf16, machine_info, versions
+from imseg.machine import cpu_supports_bf16, machine_info, versions, write_record
 from imseg.models.depthwise_grad import use_depthwise_grad
 from imseg.models.registry import main_logits
 
@@ -207,11 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {"layers": layers, "rows": rows, "training_loop": loop, "batch": args.batch, "size": args.size, "threads": torch.get_num_threads(),
               "command": "python " + " ".join(sys.argv), "machine": machine_info(probe=False),
               "versions": versions()}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_suffix(".partial")
-    partial.write_text(json.dumps(record, indent=2) + "\n")
-    partial.replace(out)  # atomic: a run killed mid-write leaves the previous file whole
+    write_record(args.out, record)
     return 0
 
 

@@ -56,7 +56,9 @@ def test_budget_run_picks_a_step_count_and_a_failed_run_is_recorded(tiny, tmp_pa
     # The step count comes from train.time_budget_minutes, resolved once and recorded for an exact rerun.
     assert record["budget"]["budget_minutes"] == record["budget_minutes"] == 0.05
     assert record["steps"] == record["resolved_max_steps"] == record["budget"]["max_steps"] >= 1
-    assert record["repeat_with"] == f"--set train.max_steps={record['steps']}"
+    # On a CPU with native bf16, train.amp=auto timed both precisions: the rerun names the one kept.
+    amp = f" --set train.amp={record['resolved_amp']}" if record["amp_choice"] else ""
+    assert record["repeat_with"] == f"--set train.max_steps={record['steps']}{amp}"
     assert record["config"]["train"]["time_budget_minutes"] == 0.05
     assert record["machine"]["cpu_flags"] is not None and record["machine"]["matmul_fp32_gflops"] > 0
     assert record["best_val_mIoU"] is None and 0.0 <= record["test"]["mIoU"] <= 1.0

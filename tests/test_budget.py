@@ -11,7 +11,7 @@ import yaml
 
 from imseg import machine
 from imseg.config import config_from_dict, load_config
-from imseg.engine import budget, runtime
+from imseg.engine import amp_probe, budget, runtime
 from imseg.engine.checkpoint import load_checkpoint
 from imseg.engine.train import train
 from tests.helpers import tiny_config
@@ -84,6 +84,95 @@ def test_every_shipped_config_and_recipe_adapts_its_precision():
     assert len(files) > 20
     for path in files:
         assert load_config(path).train.amp == "auto", path.name
+
+
+def test_auto_precision_keeps_bf16_only_where_it_is_measurably_faster():
+    order = []
+
+    def timer(seconds):
+        def time_steps(dtype):
+            order.append(dtype)
+            return seconds[dtype].pop(0)
+        return time_steps
+
+    # Each precision's faster round counts; the rounds alternate so a machine slowing down penalises neither.
+    choice = amp_probe.probe(timer({None: [1.0, 0.8], torch.bfloat16: [0.7, 0.9]}))
+    assert order == [None, torch.bfloat16, None, torch.bfloat16]
+    assert (choice.float32_seconds, choice.bf16_seconds, choice.chosen) == (0.8, 0.7, "bf16")
+    assert amp_probe.choose(2.07, 2.62).chosen == "none"  # U-Net ResNet-18 on the Xeon of amp_probe.py
+    assert amp_probe.choose(1.0, 0.96).chosen == "none"  # 4% is not worth bf16's numerics
+    assert amp_probe.choose(1.0, 0.95).chosen == "bf16"
+    assert "0.900 s under bf16" in amp_probe.choose(0.75, 0.90).describe()
+
+
+def _native_bf16_cpu(monkeypatch, float32_seconds, bf16_seconds):
+    """A CPU that reports native bf16 and whose timed steps take the given seconds per precision."""
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(amp_probe, "MIN_RUN_STEPS", 0)  # the tiny runs here are timed all the same
+    seconds = {None: float32_seconds, torch.bfloat16: bf16_seconds}
+    monkeypatch.setattr(amp_probe, "rehearsal_timer", lambda *args: lambda dtype: seconds[dtype])
+
+
+def test_auto_precision_on_a_native_bf16_cpu_is_timed_written_into_the_config_and_kept_on_resume(
+        tiny_root, tmp_path, monkeypatch):
+    _native_bf16_cpu(monkeypatch, float32_seconds=0.5, bf16_seconds=0.3)
+    logged = []
+    cfg = _cfg(tiny_root, tmp_path / "auto", **{"train.amp": "auto", "train.max_steps": 4, "train.stop_after": 1})
+    summary = train(cfg, log=logged.append)
+    choice = summary["amp_choice"]
+    assert (choice["float32_seconds"], choice["bf16_seconds"], choice["chosen"]) == (0.5, 0.3, "bf16")
+    assert summary["resolved_amp"] == "bf16"
+    assert any("training in bf16 autocast" in line for line in logged)
+    assert any("with torch.bfloat16 autocast" in line for line in logged)
+    assert yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())["train"]["amp"] == "bf16"
+
+    # Resumed where float32 now times faster: the run keeps the precision it started with.
+    _native_bf16_cpu(monkeypatch, float32_seconds=0.3, bf16_seconds=0.5)
+    logged.clear()
+    cfg = _cfg(tiny_root, tmp_path / "auto", **{"train.amp": "auto", "train.max_steps": 4})
+    resumed = train(cfg, resume="auto", log=logged.append)
+    assert resumed["amp_choice"] is None and resumed["resolved_amp"] == "bf16"
+    assert any("chose train.amp=bf16; keeping it" in line for line in logged)
+
+
+def test_auto_precision_timing_leaves_no_trace_in_the_weights(tiny_root, tmp_path, monkeypatch):
+    # Real rehearsals on a fake clock: both precisions time the same, so float32 is kept, and the
+    # weights are those of a run told train.amp=none from the start.
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(amp_probe, "MIN_RUN_STEPS", 0)
+    _fake_clock(monkeypatch, 0.5)
+    summary = train(_cfg(tiny_root, tmp_path / "auto", **{"train.amp": "auto", "train.max_steps": 3}),
+                    log=lambda m: None)
+    assert summary["amp_choice"]["chosen"] == "none" and summary["resolved_amp"] == "none"
+    assert summary["amp_choice"]["float32_seconds"] == summary["amp_choice"]["bf16_seconds"] == 0.5
+    train(_cfg(tiny_root, tmp_path / "plain", **{"train.amp": "none", "train.max_steps": 3}), log=lambda m: None)
+    reference, weights = _weights(tmp_path / "plain"), _weights(tmp_path / "auto")
+    for key, value in reference.items():
+        assert torch.equal(value, weights[key]), key
+
+
+def test_auto_precision_does_not_time_a_run_too_short_to_win_the_timing_back(tiny_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(amp_probe, "rehearsal_timer", lambda *args: pytest.fail("a short run was timed"))
+    logged = []
+    summary = train(_cfg(tiny_root, tmp_path / "short", **{"train.amp": "auto", "train.max_steps": 3}),
+                    log=logged.append)
+    assert summary["amp_choice"] is None and summary["resolved_amp"] == "none"
+    assert any("3 steps are too few to time both precisions" in line for line in logged)
+    assert not any("autocast" in line for line in logged)
+
+
+def test_a_time_budget_counts_the_precision_timing_as_spent(tiny_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: True)
+    _fake_clock(monkeypatch, 0.5)
+    summary = train(_cfg(tiny_root, tmp_path / "auto", **{"train.amp": "auto", "train.time_budget_minutes": 0.5}),
+                    log=lambda m: None)
+    # The precision timing reads the clock before and after 2 x 2 rehearsals of 1 + 3 steps (two reads each).
+    probe = 0.5 * (2 * 2 * 2 * (budget.WARMUP_STEPS + budget.TIMED_STEPS) + 1)
+    assert summary["amp_choice"]["probe_seconds"] == probe == 16.5
+    plan = summary["budget"]
+    assert plan["rehearsal_seconds"] == probe + 0.5 * (2 * (budget.WARMUP_STEPS + budget.TIMED_STEPS) + 1)
+    assert summary["total_steps"] == math.floor((0.5 * 60 * (1 - budget.MARGIN) - plan["rehearsal_seconds"]) / 0.5)
 
 
 # ------------------------------------------------------------------ step arithmetic

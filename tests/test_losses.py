@@ -659,3 +659,42 @@ def test_smp_soft_cross_entropy_divides_by_all_pixels(smp):
     ours = CrossEntropyLoss(IGNORE, label_smoothing=0.1)(logits, target).item()
     valid_fraction = (target != IGNORE).float().mean().item()
     assert theirs == pytest.approx(ours * valid_fraction, rel=1e-5)
+
+
+def _one_hot_dice(logits, target, smooth, classes):
+    """Soft Dice written the textbook way (a one-hot truth multiplied into the probabilities)."""
+    valid = (target != IGNORE)[:, None].float()
+    prob = logits.softmax(1) * valid
+    truth = F.one_hot(target.masked_fill(target == IGNORE, 0), logits.shape[1]).permute(0, 3, 1, 2).float() * valid
+    dice = (2 * (prob * truth).sum((0, 2, 3)) + smooth) / (prob.sum((0, 2, 3)) + truth.sum((0, 2, 3)) + smooth)
+    present = truth.sum((0, 2, 3)) > 0 if classes == "present" else torch.ones_like(dice, dtype=torch.bool)
+    return (1 - dice)[present].mean()
+
+
+@pytest.mark.parametrize("classes", ["present", "all"])
+def test_dice_gradients_match_the_one_hot_formulation(classes):
+    logits, target = make_case("scattered")
+    grads = []
+    for loss in (DiceLoss(IGNORE, smooth=1.0, classes=classes), lambda x, t: _one_hot_dice(x, t, 1.0, classes)):
+        x = logits.detach().clone().requires_grad_()
+        loss(x, target).backward()
+        grads.append(x.grad)
+    assert torch.allclose(grads[0], grads[1], atol=1e-7)
+
+
+@pytest.mark.parametrize("thresh,min_kept", [(0.7, 0), (0.3, 150)])  # hard pixels alone / topped up
+def test_ohem_gradients_match_weighted_cross_entropy_over_the_kept_pixels(thresh, min_kept):
+    logits, target = make_case("scattered")
+    w = torch.tensor([1.0, 2.0, 0.5, 3.0])
+    logits = logits.detach()
+    x = logits.clone().requires_grad_()
+    OhemCrossEntropyLoss(IGNORE, thresh=thresh, min_kept=min_kept, class_weights=w)(x, target).backward()
+    with torch.no_grad():  # the kept pixels, chosen as the reference does
+        loss = OhemCrossEntropyLoss(IGNORE, thresh=thresh, min_kept=min_kept)
+        valid = target != IGNORE
+        kept = loss._kept(logits.log_softmax(1).gather(1, target.masked_fill(~valid, 0)[:, None])[:, 0], valid)
+    y = x.detach().clone().requires_grad_()
+    per_pixel = F.cross_entropy(y, target.masked_fill(~kept, IGNORE), weight=w, ignore_index=IGNORE)
+    per_pixel.backward()
+    assert 0 < kept.sum() < valid.sum()
+    assert torch.allclose(x.grad, y.grad, atol=1e-7)

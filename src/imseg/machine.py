@@ -188,3 +188,16 @@ def data_seconds_per_image(root: str | None = None, samples: int = 16, color_jit
     for i in range(samples):
         ds[i]
     return (time.perf_counter() - start) / samples
+
+
+def write_record(path: str | Path, record: dict) -> Path:
+    """A benchmark's JSON record (with its `machine_info` and `versions`), written atomically: a run killed
+    mid-write leaves the previous file whole."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(record, indent=2) + "\n")
+    partial.replace(path)
+    return path

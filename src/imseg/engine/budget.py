@@ -12,7 +12,9 @@ budgeted run and a rerun with ``--set train.max_steps=N`` give identical
 weights, on any machine.
 
 What the budget covers: the training steps (data loading included) and the
-validation passes, less the time the rehearsal itself took. Checkpoint
+validation passes, less the time the rehearsal itself took (and, with
+``train.amp: auto`` on a CPU with native bf16, the timing of both precisions
+that comes before it: amp_probe.py). Checkpoint
 writes are not timed; ``MARGIN`` of the budget is kept back for them and
 for the step-to-step noise of a shared machine.
 """
@@ -148,13 +150,14 @@ def rehearse_step_seconds(loader: Iterable, run_step: Callable[[list], None], ac
 
 def plan(budget_minutes: float, *, loader: Iterable, run_step: Callable[[list], None], accum: int,
          restore: dict[str, Any], validate: Callable[[], float] | None, val_every: int,
-         steps_per_epoch: int) -> BudgetPlan:
+         steps_per_epoch: int, spent_seconds: float = 0.0) -> BudgetPlan:
     """Rehearse, then the step count that fits ``budget_minutes``.
 
     ``run_step(batches)`` runs one optimiser step on ``accum`` (images,
     masks) batches, as training does; ``validate()`` returns the seconds a
     whole validation pass would take (None: no validation); ``restore`` names
-    the objects with state (model, optimiser, scaler, EMA) the rehearsal changes.
+    the objects with state (model, optimiser, scaler, EMA) the rehearsal changes;
+    ``spent_seconds`` were taken from the budget before (train.amp=auto's timing, amp_probe.py).
     """
     if not budget_minutes > 0:
         raise ValueError(f"train.time_budget_minutes must be > 0, got {budget_minutes}")
@@ -162,7 +165,7 @@ def plan(budget_minutes: float, *, loader: Iterable, run_step: Callable[[list], 
     step_seconds = rehearse_step_seconds(loader, run_step, accum, restore,
                                          seconds=REHEARSAL_SHARE * budget_minutes * 60)
     val_seconds = _agree(validate()) if validate is not None else 0.0
-    rehearsal = _clock() - start
+    rehearsal = _clock() - start + spent_seconds
     usable = budget_minutes * 60 * (1 - MARGIN) - rehearsal
     steps = steps_within(usable, max(step_seconds, 1e-9), val_seconds, steps_per_epoch, val_every,
                          validate is not None)

@@ -22,7 +22,7 @@ from imseg.config import Config
 from imseg.data import build_dataset, enet_weights, median_frequency_weights
 from imseg.data.build import resolve_sample_cache
 from imseg.data.stats import warn_if_crops_are_mostly_padding
-from imseg.engine import budget
+from imseg.engine import amp_probe, budget
 from imseg.engine.distributed import Context
 from imseg.engine.finetune import check_finetune, wrap_for_training
 from imseg.engine.ema import build_ema
@@ -69,6 +69,7 @@ class Run:
     total_steps: int = 0
     epochs: int = 0
     budget_plan: budget.BudgetPlan | None = None
+    amp_choice: amp_probe.AmpChoice | None = None  # train.amp=auto, timed on a CPU with native bf16
     # Where the run stands: zero for a fresh run, read from the checkpoint on resume.
     start_epoch: int = 0
     start_batch: int = 0
@@ -212,6 +213,7 @@ def _loaders(cfg: Config, ctx: Context, train_ds, val_ds):
 def plan_steps(run: Run, state: dict[str, Any] | None, log: Callable[[str], None]) -> None:
     """Fix the step count (train.max_steps, else the time budget, else whole epochs) and the schedule over it."""
     train_cfg = run.cfg.train
+    _settle_auto_amp(run, state, log)  # before the budget: its rehearsal times the precision that will run
     if train_cfg.max_steps is None and train_cfg.time_budget_minutes is not None:
         train_cfg.max_steps = _budgeted_steps(run, state, log)  # written to config.yaml and every checkpoint
     if train_cfg.max_steps is not None:
@@ -236,7 +238,8 @@ def _budgeted_steps(run: Run, state: dict[str, Any] | None, log: Callable[[str],
     run.budget_plan = budget.plan(
         run.cfg.train.time_budget_minutes, loader=run.loader, run_step=lambda batches: rehearsal_step(run, batches),
         accum=run.accum, restore=changed, validate=(lambda: _validation_seconds(run)) if run.val_loader is not None else None,
-        val_every=run.cfg.train.val_every, steps_per_epoch=run.steps_per_epoch)
+        val_every=run.cfg.train.val_every, steps_per_epoch=run.steps_per_epoch,
+        spent_seconds=run.amp_choice.probe_seconds if run.amp_choice is not None else 0.0)
     log(run.budget_plan.describe())
     return run.budget_plan.max_steps
 
@@ -248,3 +251,42 @@ def _validation_seconds(run: Run) -> float:
     scores = evaluate(run.eval_model, DataLoader(sample, batch_size=batch_size), num_classes=run.meta.num_classes,
                       ignore_index=run.meta.ignore_index, inference=run.inference, device=run.ctx.device)
     return scores["seconds"] / len(sample) * len(shard)
+
+
+def _settle_auto_amp(run: Run, state: dict[str, Any] | None, log: Callable[[str], None]) -> None:
+    """``train.amp: auto`` on a CPU with native bf16: the precision a resumed run chose, else the faster
+    one on this CPU (amp_probe.py); written into the run's config as ``bf16`` or ``none``."""
+    if run.cfg.train.amp != "auto" or run.ctx.device.type != "cpu" or run.amp_dtype is None:
+        return  # float32 on a CPU without native bf16, and a GPU's autocast, need no timing
+    chosen = (state or {}).get("config", {}).get("train", {}).get("amp", "auto")
+    planned = _planned_steps(run)
+    if chosen != "auto":
+        log(f"train.amp=auto: the run being resumed chose train.amp={chosen}; keeping it")
+    elif planned is not None and planned < amp_probe.MIN_RUN_STEPS:
+        chosen = "none"
+        log(f"train.amp=auto: {planned} steps are too few to time both precisions first; training in float32")
+    else:
+        run.sampler.set_epoch(0)
+        changed = {"model": run.model, "optimizer": run.optimizer, "scaler": run.scaler}
+        if run.ema is not None:
+            changed["ema"] = run.ema
+        timer = amp_probe.rehearsal_timer(run.loader, lambda batches: rehearsal_step(run, batches), run.accum,
+                                          changed, lambda dtype: _use_amp(run, dtype))
+        run.amp_choice = amp_probe.probe(timer)
+        chosen = run.amp_choice.chosen
+        log(run.amp_choice.describe())
+    run.cfg.train.amp = chosen
+    _use_amp(run, torch.bfloat16 if chosen == "bf16" else None)
+
+
+def _planned_steps(run: Run) -> int | None:
+    """The run's step count as the config gives it; None for a time budget (resolved later)."""
+    train_cfg = run.cfg.train
+    if train_cfg.max_steps is not None:
+        return train_cfg.max_steps
+    return None if train_cfg.time_budget_minutes is not None else train_cfg.epochs * run.steps_per_epoch
+
+
+def _use_amp(run: Run, dtype: torch.dtype | None) -> None:
+    run.amp_dtype = dtype
+    run.inference = dataclasses.replace(run.inference, amp_dtype=dtype)

@@ -50,6 +50,8 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
 
     'auto' is bf16 only where it is native (CUDA with bf16, or a CPU with
     AVX512-BF16/AMX), float16 on older GPUs, and float32 on every other CPU.
+    On a CPU with native bf16 a training run then times both precisions and
+    keeps the faster (amp_probe.py), for its validation passes too.
     """
     if amp == "none":
         return None

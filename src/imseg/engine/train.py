@@ -103,6 +103,8 @@ def _train_epochs(run: Run, logs: RunLog, log: Callable[[str], None]) -> dict[st
         "train_seconds": time.perf_counter() - start,
         "total_steps": run.total_steps,
         "budget": run.budget_plan.to_dict() if run.budget_plan is not None else None,
+        "amp_choice": run.amp_choice.to_dict() if run.amp_choice is not None else None,
+        "resolved_amp": run.cfg.train.amp,  # train.amp, with auto settled on a CPU with native bf16
         "val": val_scores,
         "stopped_early": stop is not None,  # by train.early_stop; the reason is stop_reason
         "stop_reason": stop,
