@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 import imseg
 from imseg.engine.amp_probe import choose
-from imseg.machine import cpu_supports_bf16, machine_info, versions, write_record
+from imseg.machine import alternated_medians, cpu_supports_bf16, machine_info, versions, write_record
 from imseg.models.depthwise_grad import use_depthwise_grad
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -47,15 +45,7 @@ def step_times(name: str, kwargs: dict, batch: int, size: tuple[int, int], repea
     x = torch.randn(batch, 3, *size, generator=generator).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 11, (batch, *size), generator=generator)
     steps = {"float32": _stepper(model, x, y, None), "bf16": _stepper(model, x, y, torch.bfloat16)}
-    for step in steps.values():
-        step(), step()  # warm-up: allocator, oneDNN kernel choice
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    for _ in range(repeats):
-        for key, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[key].append(time.perf_counter() - start)
-    return {key: statistics.median(t) for key, t in times.items()}
+    return alternated_medians(steps, repeats)  # two warm-ups each: allocator, oneDNN kernel choice
 
 
 def main(argv: list[str] | None = None) -> int:

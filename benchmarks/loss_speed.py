@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-from imseg.machine import machine_info, versions, write_record
+from imseg.machine import alternated_medians, machine_info, versions, write_record
 
 TERMS = {
     "ce": {"name": "ce"},
@@ -48,17 +46,12 @@ def time_terms(modules: dict, term: dict, logits: torch.Tensor, target: torch.Te
                repeats: int) -> dict[str, float]:
     """Median seconds of the term's forward and backward under each of ``modules`` (an ``imseg.losses``
     each), timed in alternation after two warm-ups so that a machine slowing down slows every one alike."""
-    losses = {key: module.build_loss([term], ignore_index=255, class_weights=weights)
-              for key, module in modules.items()}
-    times: dict[str, list[float]] = {key: [] for key in losses}
-    for i in range(repeats + 2):
-        for key, loss in losses.items():
-            x = logits.detach().requires_grad_()
-            start = time.perf_counter()
-            loss(x, target).backward()
-            if i >= 2:
-                times[key].append(time.perf_counter() - start)
-    return {key: statistics.median(t) for key, t in times.items()}
+    def step(loss):
+        return lambda: loss(logits.detach().requires_grad_(), target).backward()
+
+    steps = {key: step(module.build_loss([term], ignore_index=255, class_weights=weights))
+             for key, module in modules.items()}
+    return alternated_medians(steps, repeats)
 
 
 def main(argv: list[str] | None = None) -> int:

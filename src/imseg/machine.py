@@ -201,3 +201,18 @@ def write_record(path: str | Path, record: dict) -> Path:
     partial.write_text(json.dumps(record, indent=2) + "\n")
     partial.replace(path)
     return path
+
+
+def alternated_medians(steps: dict, repeats: int, warmups: int = 2) -> dict:
+    """Median seconds of each callable in ``steps``, timed round-robin after ``warmups`` calls each, so
+    that a machine slowing down mid-benchmark (shared cloud cores) slows every one alike."""
+    import statistics
+
+    times: dict = {key: [] for key in steps}
+    for i in range(warmups + repeats):
+        for key, step in steps.items():
+            start = time.perf_counter()
+            step()
+            if i >= warmups:
+                times[key].append(time.perf_counter() - start)
+    return {key: statistics.median(t) for key, t in times.items()}

@@ -232,9 +232,7 @@ def _budgeted_steps(run: Run, state: dict[str, Any] | None, log: Callable[[str],
         log(f"time budget: the run being resumed fixed train.max_steps={resolved}; keeping it")
         return resolved
     run.sampler.set_epoch(0)
-    changed = {"model": run.model, "optimizer": run.optimizer, "scaler": run.scaler}
-    if run.ema is not None:
-        changed["ema"] = run.ema
+    changed = _rehearsal_state(run)
     run.budget_plan = budget.plan(
         run.cfg.train.time_budget_minutes, loader=run.loader, run_step=lambda batches: rehearsal_step(run, batches),
         accum=run.accum, restore=changed, validate=(lambda: _validation_seconds(run)) if run.val_loader is not None else None,
@@ -242,6 +240,14 @@ def _budgeted_steps(run: Run, state: dict[str, Any] | None, log: Callable[[str],
         spent_seconds=run.amp_choice.probe_seconds if run.amp_choice is not None else 0.0)
     log(run.budget_plan.describe())
     return run.budget_plan.max_steps
+
+
+def _rehearsal_state(run: Run) -> dict[str, Any]:
+    """What a rehearsal's steps change and must put back: model, optimiser, AMP scaler, EMA."""
+    changed = {"model": run.model, "optimizer": run.optimizer, "scaler": run.scaler}
+    if run.ema is not None:
+        changed["ema"] = run.ema
+    return changed
 
 
 def _validation_seconds(run: Run) -> float:
@@ -267,11 +273,8 @@ def _settle_auto_amp(run: Run, state: dict[str, Any] | None, log: Callable[[str]
         log(f"train.amp=auto: {planned} steps are too few to time both precisions first; training in float32")
     else:
         run.sampler.set_epoch(0)
-        changed = {"model": run.model, "optimizer": run.optimizer, "scaler": run.scaler}
-        if run.ema is not None:
-            changed["ema"] = run.ema
         timer = amp_probe.rehearsal_timer(run.loader, lambda batches: rehearsal_step(run, batches), run.accum,
-                                          changed, lambda dtype: _use_amp(run, dtype))
+                                          _rehearsal_state(run), lambda dtype: _use_amp(run, dtype))
         run.amp_choice = amp_probe.probe(timer)
         chosen = run.amp_choice.chosen
         log(run.amp_choice.describe())
