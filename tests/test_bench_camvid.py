@@ -70,6 +70,19 @@ def test_budget_run_picks_a_step_count_and_a_failed_run_is_recorded(tiny, tmp_pa
     assert failed["status"] == "failed" and "resnet9" in failed["error"]
 
 
+def test_fast_recipe_trains_with_its_auxiliary_heads_and_scores_the_plain_model(tiny, tmp_path):
+    """The 20-minute recipe's LR-ASPP (output stride 32, three training-only heads) end to end."""
+    args = ["fast", "--data-root", str(tiny), "--out-dir", str(tmp_path / "runs"), "--results",
+            str(tmp_path / "results"), "--no-boundary", "--set", "train.max_steps=3", "--set", "train.val_every=1",
+            *SMALL]
+    assert _bench().main(args) == 0
+    record = json.loads((tmp_path / "results" / "camvid-fast.json").read_text())
+    assert record["status"] == "ok" and record["steps"] == 3
+    model_args = record["config"]["model"]["args"]
+    assert model_args["aux_strides"] == [4, 8, 16] and model_args["output_stride"] == 32
+    assert 0.0 <= record["test"]["mIoU"] <= 1.0 and record["best_val_mIoU"] is not None
+
+
 def test_unknown_recipe_names_the_known_ones(capsys):
     with pytest.raises(SystemExit):
         _bench().main(["nonesuch"])

@@ -26,6 +26,7 @@ from imseg.losses import (
     OhemCrossEntropyLoss,
     SegmentationLoss,
     build_loss,
+    labels_at,
 )
 from imseg.models.registry import SegOutput
 
@@ -517,6 +518,27 @@ def test_build_loss_is_the_weighted_sum_and_applies_aux_weight():
     assert close(value, expected(logits) + 0.4 * expected(aux))
     value.backward()
     assert torch.isfinite(aux.grad).all() and aux.grad.abs().sum() > 0
+
+
+def test_composite_loss_scores_each_of_several_aux_outputs():
+    logits, target = make_case("scattered")
+    aux1, _ = make_case("scattered", seed=5)
+    aux2, _ = make_case("scattered", seed=6)
+    loss = build_loss([{"name": "ce"}], ignore_index=IGNORE, aux_weight=0.25)
+    expected = ref_ce(logits, target, None) + 0.25 * (ref_ce(aux1, target, None) + ref_ce(aux2, target, None))
+    assert close(loss(SegOutput(logits, (aux1, aux2)), target), expected)
+    assert close(loss(SegOutput(logits, (aux1,)), target), loss(SegOutput(logits, aux1), target).item())
+
+
+def test_coarse_aux_logits_are_scored_against_nearest_sampled_labels():
+    target = torch.tensor([[[0, 0, 1, 1], [0, IGNORE, 1, 1], [2, 2, 3, 3], [2, 2, 3, IGNORE]]])
+    assert labels_at(target, (4, 4)) is target
+    assert labels_at(target, (2, 2)).tolist() == [[[0, 1], [2, 3]]]  # the top-left label of each 2x2 block
+    logits = torch.randn(1, 4, 4, 4)
+    coarse = torch.randn(1, 4, 2, 2)
+    loss = build_loss([{"name": "ce"}], ignore_index=IGNORE, aux_weight=0.5)
+    expected = ref_ce(logits, target) + 0.5 * ref_ce(coarse, labels_at(target, (2, 2)))
+    assert close(loss(SegOutput(logits, (coarse,)), target), expected)
 
 
 def test_build_loss_class_weights_go_to_ce_and_ohem_unless_a_term_sets_its_own():

@@ -256,6 +256,33 @@ def test_lraspp_detail_stride_4_refines_the_stride_8_scores() -> None:
         build("lraspp", detail_stride=2)
 
 
+def test_lraspp_aux_heads_train_only_on_the_first_map_at_each_stride() -> None:
+    """aux_strides adds deep-supervision heads in training; eval returns the plain model's logits."""
+    torch.manual_seed(0)
+    plain = build("lraspp", encoder="mobilenet_v3_small").eval()
+    boosted = build("lraspp", encoder="mobilenet_v3_small", aux_strides=[4, 8, 16])
+    missing, unexpected = boosted.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("aux_heads.") for k in missing)
+    strides = boosted.encoder.strides
+    assert [strides[i] for i in boosted.aux_indices] == [4, 8, 16]
+    # The shallowest map at stride 16, not the last one the head reads.
+    assert boosted.aux_indices[2] == strides.index(16) < len(strides) - 1
+    x = torch.randn(2, 3, 65, 97)
+    with torch.no_grad():
+        torch.testing.assert_close(boosted.eval()(x), plain(x))
+    out = boosted.train()(x)
+    assert isinstance(out, SegOutput) and len(out.aux) == 3
+    assert all(a.shape == out.out.shape == (2, NUM_CLASSES, 65, 97) for a in out.aux)
+    sum(a.square().mean() for a in out.aux).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in boosted.aux_heads.parameters())
+    coarse = build("lraspp", encoder="mobilenet_v3_small", aux_strides=[16], aux_output_stride=4)
+    assert coarse(x).aux[0].shape == (2, NUM_CLASSES, 17, 25)  # a quarter of 65x97, rounded up
+    with pytest.raises(ValueError, match="no feature map at stride 32"):
+        build("lraspp", aux_strides=[32])
+    with pytest.raises(ValueError, match="aux_output_stride is 1, 2, 4 or 8, got 3"):
+        build("lraspp", aux_output_stride=3)
+
+
 def test_unet_decoder_channels_must_match_the_encoder() -> None:
     with pytest.raises(ValueError, match="decoder_channels needs 5 values"):
         build("unet", encoder="resnet18", decoder_channels=(64, 32, 16))

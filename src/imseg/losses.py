@@ -605,13 +605,27 @@ LOSSES: dict[str, type[nn.Module]] = {
 }
 
 
+def labels_at(target: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """``target`` (N, H, W) at ``size`` by nearest sampling: for aux logits a model returns below the input's size.
+
+    Scoring a coarse auxiliary head at its own resolution costs a fraction
+    of upsampling its logits to the labels' (LR-ASPP's ``aux_output_stride``);
+    nearest sampling keeps every label a real class or the ignore index.
+    """
+    if tuple(target.shape[-2:]) == tuple(size):
+        return target
+    return F.interpolate(target[:, None].float(), size=tuple(size), mode="nearest")[:, 0].to(target.dtype)
+
+
 class CompositeLoss(nn.Module):
-    """``sum_i w_i L_i(out) + aux_weight * sum_i w_i L_i(aux)``.
+    """``sum_i w_i L_i(out) + aux_weight * sum_a sum_i w_i L_i(aux_a)``.
 
     ``terms`` are ``(name, weight, loss)`` triples; the forward takes the
-    model output (logits, or a `SegOutput` with aux logits at the same size)
-    and the target. The aux sum uses the same terms and weights: deep
-    supervision as in PSPNet (Zhao et al. 2017, aux weight 0.4).
+    model output (logits, or a `SegOutput` with aux logits, one tensor or a
+    tuple of them, at the target's size or smaller: `labels_at`) and the
+    target. Each aux sum uses the
+    same terms and weights: deep supervision as in PSPNet (Zhao et al. 2017,
+    aux weight 0.4).
     """
 
     def __init__(self, terms: Sequence[tuple[str, float, nn.Module]], aux_weight: float = 0.4):
@@ -632,9 +646,13 @@ class CompositeLoss(nn.Module):
         return total
 
     def forward(self, output: torch.Tensor | SegOutput, target: torch.Tensor) -> torch.Tensor:
-        if isinstance(output, SegOutput):
-            return self.weighted_sum(output.out, target) + self.aux_weight * self.weighted_sum(output.aux, target)
-        return self.weighted_sum(output, target)
+        if not isinstance(output, SegOutput):
+            return self.weighted_sum(output, target)
+        aux = output.aux if isinstance(output.aux, tuple) else (output.aux,)
+        total = self.weighted_sum(output.out, target)
+        for logits in aux:  # several heads: each weighs aux_weight, as BiSeNet V2's booster heads
+            total = total + self.aux_weight * self.weighted_sum(logits, labels_at(target, logits.shape[-2:]))
+        return total
 
     def extra_repr(self) -> str:
         terms = " + ".join(f"{w:g} * {n}" for n, w in zip(self.names, self.weights))

@@ -12,10 +12,15 @@ import torch
 
 
 class SegOutput(NamedTuple):
-    """Returned by `forward` only when an auxiliary head is configured."""
+    """Returned by `forward` only when an auxiliary head is configured.
+
+    ``aux`` is one tensor of logits, or a tuple of them where a model has
+    several auxiliary heads (LR-ASPP's ``aux_strides``); each is at the size
+    of ``out``.
+    """
 
     out: torch.Tensor
-    aux: torch.Tensor
+    aux: torch.Tensor | tuple[torch.Tensor, ...]
 
 
 def main_logits(output: torch.Tensor | SegOutput) -> torch.Tensor:

@@ -195,10 +195,14 @@ class ASPP(nn.Module):
 
 
 class FCNHead(nn.Sequential):
-    """torchvision's auxiliary head: 3x3 conv to in/4 channels -> BN -> ReLU -> dropout 0.1 -> 1x1 classifier."""
+    """torchvision's auxiliary head: 3x3 conv to in/4 channels -> BN -> ReLU -> dropout 0.1 -> 1x1 classifier.
 
-    def __init__(self, in_channels: int, num_classes: int) -> None:
-        inter = max(in_channels // 4, 1)
+    ``inter_channels`` overrides the in/4 width (a 24-channel MobileNet map
+    would otherwise get a 6-channel head).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, inter_channels: int | None = None) -> None:
+        inter = max(in_channels // 4, 1) if inter_channels is None else inter_channels
         super().__init__(
             ConvBNAct(in_channels, inter, 3),
             nn.Dropout(0.1),

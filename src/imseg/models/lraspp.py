@@ -18,18 +18,32 @@ builder asks for it with ``taps`` (see `torchvision_taps`).
 stride-8 scores are refined at stride 4 from the stride-4 encoder map, for
 classes a few pixels wide (poles, signs, fences), at 0.14 GMACs (11%) more
 at 360x480 on MobileNetV3-Large. The default (8) is torchvision's model.
+
+``aux_strides`` is imseg's other extension, for training from random
+weights: auxiliary heads (3x3 conv to 64 channels, BN, ReLU, dropout, 1x1
+classifier) on the encoder's *first* tapped map at each stride (for
+MobileNetV3-Large: 4 -> ``features[3]``, 8 -> ``features[4]``, 16 ->
+``features[12]``, the last map before the dilated stage), scored by the
+loss beside the main output (deep supervision; BiSeNet V2's "booster"
+heads, Yu et al. 2021, which train from scratch). Their scores are
+upsampled to the input's size, or with ``aux_output_stride=4`` to a quarter
+of it, where the loss scores them against nearest-sampled labels
+(`imseg.losses.labels_at`) at a sixteenth of the cost. They run in training
+only: in eval mode the model returns its logits alone, so inference,
+export and the weights of the main path are torchvision's.
 """
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
 from imseg.models.base import SegmentationModel
 from imseg.models.encoders import Encoder, build_encoder, torchvision_taps
-from imseg.models.layers import ConvBNAct, SeparableConvBNAct, resize_to
+from imseg.models.layers import ConvBNAct, FCNHead, SeparableConvBNAct, resize_to
+from imseg.outputs import SegOutput
 from imseg.models.registry import create_model, register_model
 from imseg.models.weights import load_checked, state_and_source
 
@@ -85,8 +99,15 @@ class DetailRefine(nn.Module):
         return resize_to(coarse, size) + self.classifier(mixed)
 
 
+def first_index(encoder: Encoder, stride: int) -> int:
+    """Index of the encoder's shallowest tapped map at ``stride`` (`Encoder.feature_index` gives the deepest)."""
+    encoder.feature_index(stride)  # raises, naming the strides, when there is none
+    return encoder.strides.index(stride)
+
+
 class LRASPP(SegmentationModel):
-    def __init__(self, encoder: Encoder, num_classes: int, inter_channels: int = 128, detail_stride: int = 8) -> None:
+    def __init__(self, encoder: Encoder, num_classes: int, inter_channels: int = 128, detail_stride: int = 8,
+                 aux_strides: Sequence[int] = (), aux_output_stride: int = 1) -> None:
         super().__init__(encoder)
         self.low_index = encoder.feature_index(8)
         self.classifier = LRASPPHead(
@@ -97,15 +118,25 @@ class LRASPP(SegmentationModel):
             DetailRefine(encoder.channels[self.fine_index], inter_channels, num_classes)
             if self.fine_index is not None else None
         )
+        self.aux_output_stride = aux_output_stride
+        self.aux_indices = [first_index(encoder, stride) for stride in aux_strides]
+        self.aux_heads = nn.ModuleList(
+            FCNHead(encoder.channels[i], num_classes, inter_channels=64) for i in self.aux_indices
+        )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | SegOutput:
         feats = self.encoder(x)
         low = feats[self.low_index]
         context = self.classifier.context(low, feats[-1])
         out = self.classifier.scores(low, context)
         if self.refine is not None:
             out = self.refine(out, context, feats[self.fine_index])
-        return resize_to(out, x.shape[-2:])
+        out = resize_to(out, x.shape[-2:])
+        if not (self.training and self.aux_heads):
+            return out
+        size = [-(-n // self.aux_output_stride) for n in x.shape[-2:]]  # ceil: a stride-s map of the input
+        aux = tuple(resize_to(head(feats[i]), size) for i, head in zip(self.aux_indices, self.aux_heads))
+        return SegOutput(out, aux)
 
 
 @register_model(
@@ -125,6 +156,8 @@ def lraspp(
     output_stride: int = 16,
     inter_channels: int = 128,
     detail_stride: int = 8,
+    aux_strides: Sequence[int] | None = None,
+    aux_output_stride: int = 1,
 ) -> nn.Module:
     if detail_stride not in (4, 8):
         raise ValueError(f"LR-ASPP's detail_stride is 8 (torchvision's head) or 4 (a stride-4 refinement), "
@@ -136,7 +169,10 @@ def lraspp(
     enc = build_encoder(
         encoder, in_channels=in_channels, output_stride=output_stride, weights=encoder_weights, taps=taps
     )
-    return LRASPP(enc, num_classes, inter_channels=inter_channels, detail_stride=detail_stride)
+    if aux_output_stride not in (1, 2, 4, 8):
+        raise ValueError(f"LR-ASPP's aux_output_stride is 1, 2, 4 or 8, got {aux_output_stride!r}")
+    return LRASPP(enc, num_classes, inter_channels=inter_channels, detail_stride=detail_stride,
+                  aux_strides=tuple(aux_strides or ()), aux_output_stride=aux_output_stride)
 
 
 def lraspp_from_torchvision(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> nn.Module:
