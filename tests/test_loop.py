@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import os
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import imseg.engine.loop as loop_module
 import imseg.engine.train as train_module
 from imseg.config import config_from_dict
 from imseg.engine.checkpoint import load_checkpoint
+from imseg.engine.ema import build_ema, warmed_up_decay
 from imseg.engine.train import train
 from tests.helpers import tiny_config
 
@@ -95,13 +97,17 @@ def _assert_same_tensors(a: dict, b: dict) -> None:
         assert torch.equal(value, b[key]), key
 
 
-def test_ema_resume_is_bit_exact_at_an_epoch_end_and_mid_epoch(tiny_root, tmp_path):
-    train(_ema_cfg(tiny_root, tmp_path / "straight"), log=lambda m: None)
-    train(_ema_cfg(tiny_root, tmp_path / "split", **{"train.stop_after": 1}), log=lambda m: None)
-    train(_ema_cfg(tiny_root, tmp_path / "split"), resume="auto", log=lambda m: None)
+@pytest.mark.parametrize("warmup", [None, 2], ids=["fixed-decay", "warmed-up"])
+def test_ema_resume_is_bit_exact_at_an_epoch_end_and_mid_epoch(tiny_root, tmp_path, warmup):
+    def cfg(out_dir, **overrides):
+        return _ema_cfg(tiny_root, tmp_path / out_dir, **{"train.ema_warmup_steps": warmup, **overrides})
+
+    train(cfg("straight"), log=lambda m: None)
+    train(cfg("split", **{"train.stop_after": 1}), log=lambda m: None)
+    train(cfg("split"), resume="auto", log=lambda m: None)
     mid_epoch = tmp_path / "straight" / "checkpoints" / "step-00000003.pt"
     assert load_checkpoint(mid_epoch)["batch_in_epoch"] == 1
-    train(_ema_cfg(tiny_root, tmp_path / "mid"), resume=mid_epoch, log=lambda m: None)
+    train(cfg("mid"), resume=mid_epoch, log=lambda m: None)
 
     reference = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
     assert int(reference["ema"]["n_averaged"]) == reference["global_step"] == 6
@@ -109,6 +115,30 @@ def test_ema_resume_is_bit_exact_at_an_epoch_end_and_mid_epoch(tiny_root, tmp_pa
         state = load_checkpoint(tmp_path / other / "checkpoints" / "last.pt")
         _assert_same_tensors(state["state_dict"], reference["state_dict"])
         _assert_same_tensors(state["ema"], reference["ema"])
+
+
+@pytest.mark.parametrize("warmup", [None, 3.0])
+def test_the_ema_follows_its_recursion_with_and_without_the_warm_up(warmup):
+    # BatchNorm brings an integer buffer (num_batches_tracked), which torch's update blends apart from the floats
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    ema = build_ema(model, 0.9, warmup)
+    expected = fixed = 1.0
+    for n in range(6):  # the n-th update sees n_averaged == n; the first one copies
+        with torch.no_grad():
+            model[0].weight.fill_(float(n + 1))
+        ema.update_parameters(model)
+        if n:
+            decay = 0.9 if warmup is None else warmed_up_decay(0.9, warmup, n)
+            expected, fixed = decay * expected + (1 - decay) * (n + 1), 0.9 * fixed + 0.1 * (n + 1)
+        assert ema.module[0].weight.flatten().tolist() == pytest.approx([expected] * 4, rel=1e-6)
+    if warmup is not None:  # the warmed-up average sits nearer the current weights (6) than the fixed one
+        assert fixed < expected < 6
+
+
+def test_warmed_up_decay_rises_to_the_set_decay():
+    ramp = [warmed_up_decay(0.999, 2000, n) for n in (1, 2000, 10000, 50000)]
+    assert ramp == sorted(ramp) and ramp[0] < 0.001 and ramp[1] == pytest.approx(0.999 * (1 - 1 / math.e))
+    assert 0.99 < ramp[-1] < 0.999
 
 
 def test_ema_weights_are_validated_and_kept_as_best_pt(tiny_root, tmp_path, monkeypatch):

@@ -163,6 +163,10 @@ class TrainConfig:
     # optimiser step (0.999: a window of about 1000 steps). Validation and
     # best.pt use the averaged weights; last.pt holds both. None: off.
     ema_decay: Optional[float] = None
+    # Ramp the EMA's decay up as decay * (1 - exp(-step / N)) (YOLOv5's and
+    # mmengine's warm-up), so early validations do not score a blend with the
+    # random initial weights. None: the full decay from the first step.
+    ema_warmup_steps: Optional[int] = None
     # Fine-tuning: train only the decoder for the first N epochs (the encoder gets no
     # gradient and its BatchNorm statistics stay as loaded), then everything.
     freeze_encoder_epochs: int = 0
@@ -359,7 +363,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "train.checkpoint_every_steps": _at_least(0), "train.keep_checkpoints": _at_least(1),
     "train.bn_momentum": _FRACTION, "train.grad_accum": _at_least(1), "train.log_every": _at_least(1),
     "train.grad_clip": _above(0), "train.threads": _at_least(1), "train.early_stop": _at_least(1),
-    "train.ema_decay": _OPEN_UNIT, "train.freeze_encoder_epochs": _at_least(0),
+    "train.ema_decay": _OPEN_UNIT, "train.ema_warmup_steps": _at_least(1), "train.freeze_encoder_epochs": _at_least(0),
 }
 
 

@@ -139,7 +139,7 @@ def build_run(cfg: Config, ctx: Context, log: Callable[[str], None]) -> Run:
     device = ctx.device
     return Run(
         cfg=cfg, ctx=ctx, model=model, train_model=wrap_for_training(model, ctx),
-        ema=build_ema(model, cfg.train.ema_decay),
+        ema=build_ema(model, cfg.train.ema_decay, cfg.train.ema_warmup_steps),
         meta=meta, criterion=criterion, amp_dtype=amp_dtype,
         inference=inference_from_config(cfg.eval, meta.preprocessing, cfg.data.eval_size, amp_dtype),
         train_ds=train_ds, sampler=sampler, generator=generator, loader=loader, val_loader=val_loader,
