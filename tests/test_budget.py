@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 import warnings
 
 import pytest
@@ -283,3 +284,19 @@ def test_a_budget_with_validation_counts_the_validation_passes(tiny_root, tmp_pa
 def test_a_nonpositive_budget_is_refused(tiny_root, tmp_path):
     with pytest.raises(ValueError, match="time_budget_minutes: expected a number > 0, got 0.0"):
         train(_cfg(tiny_root, tmp_path / "bad", **{"train.time_budget_minutes": 0.0}), log=lambda m: None)
+
+
+def test_a_budget_counts_the_ema_bn_recomputation_in_each_validation(tiny_root, tmp_path, monkeypatch):
+    import imseg.engine.run_setup as run_setup
+
+    def slow_recompute(module, loader, *args):
+        time.sleep(0.2)  # one batch of the recomputation
+        return module
+
+    monkeypatch.setattr(run_setup, "with_recomputed_bn", slow_recompute)
+    _fake_clock(monkeypatch, 0.05)
+    cfg = _cfg(tiny_root, tmp_path / "val", **{"train.time_budget_minutes": 0.03, "data.val_split": "train",
+                                               "train.ema_decay": 0.9, "train.ema_bn_images": 2})
+    cfg.data.batch_size = 1  # two images: two batches of the recomputation at 0.2 s each
+    plan = train(cfg, log=lambda m: None)["budget"]
+    assert plan["seconds_per_validation"] >= 0.4

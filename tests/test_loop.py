@@ -9,12 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 import imseg.engine.loop as loop_module
 import imseg.engine.train as train_module
 from imseg.config import config_from_dict
 from imseg.engine.checkpoint import load_checkpoint
-from imseg.engine.ema import build_ema, warmed_up_decay
+from imseg.data import build_dataset
+from imseg.engine.checkpoint import model_from_checkpoint
+from imseg.engine.ema import build_ema, spread_subset, warmed_up_decay, with_recomputed_bn
 from imseg.engine.train import train
 from tests.helpers import tiny_config
 
@@ -139,6 +142,51 @@ def test_warmed_up_decay_rises_to_the_set_decay():
     ramp = [warmed_up_decay(0.999, 2000, n) for n in (1, 2000, 10000, 50000)]
     assert ramp == sorted(ramp) and ramp[0] < 0.001 and ramp[1] == pytest.approx(0.999 * (1 - 1 / math.e))
     assert 0.99 < ramp[-1] < 0.999
+
+
+def test_recomputed_bn_statistics_are_the_images_own_and_leave_the_average_alone():
+    module = torch.nn.Sequential(torch.nn.BatchNorm2d(3), torch.nn.Conv2d(3, 2, 1))
+    images = [torch.rand(2, 3, 4, 5) * 10, torch.rand(2, 3, 4, 5)]
+    loader = [(images[0], None), ([images[1][0], images[1][1]], None)]  # a stacked batch, then a list of two
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    copy = with_recomputed_bn(module, loader, lambda x: x - 1, torch.device("cpu"), None)
+    # the cumulative average weighs the three forward passes' batch means (2 images, then 1 and 1) equally
+    means = [(images[0] - 1).mean((0, 2, 3)), (images[1][0] - 1).mean((1, 2)), (images[1][1] - 1).mean((1, 2))]
+    assert torch.allclose(copy[0].running_mean, sum(means) / 3, atol=1e-5)
+    assert not copy.training and copy[0].momentum == module[0].momentum
+    _assert_same_tensors(module.state_dict(), before)
+
+
+def test_spread_subset_takes_evenly_spaced_samples():
+    assert list(spread_subset(list(range(10)), 4).indices) == [0, 2, 5, 7]
+    assert list(spread_subset(list(range(3)), 5).indices) == [0, 1, 2]
+
+
+def test_validation_and_best_pt_use_the_ema_with_recomputed_bn_statistics(tiny_root, tmp_path, monkeypatch):
+    seen = _scripted_validation(monkeypatch, [0.1, 0.2, 0.3] * 2)
+    cfg = _ema_cfg(tiny_root, tmp_path / "run", **{"data.val_split": "train", "train.ema_bn_images": 2})
+    train(cfg, log=lambda m: None)
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    _assert_same_tensors(seen[-1], best["state_dict"])
+    averaged = {k.removeprefix("module."): v for k, v in last["ema"].items() if k != "n_averaged"}
+    stats = [k for k in averaged if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(not torch.equal(best["state_dict"][k], averaged[k]) for k in stats)
+    for key in set(averaged) - set(stats) - {k for k in averaged if k.endswith("num_batches_tracked")}:
+        assert torch.equal(best["state_dict"][key], averaged[key]), key  # the weights are the average's
+    # and the statistics are the training images' own under the averaged weights
+    model = model_from_checkpoint(best)
+    model.load_state_dict(averaged)
+    images = spread_subset(build_dataset(cfg.data, cfg.data.train_split, train=False), 2)
+    again = with_recomputed_bn(model, DataLoader(images, batch_size=1), model.meta.preprocessing,
+                               torch.device("cpu"), None)
+    for key in stats:
+        assert torch.allclose(again.state_dict()[key], best["state_dict"][key], atol=1e-6), key
+    # The recomputation draws nothing from training's RNG (the model has dropout): the same trained weights.
+    train(_ema_cfg(tiny_root, tmp_path / "plain", **{"data.val_split": "train"}), log=lambda m: None)
+    plain = load_checkpoint(tmp_path / "plain" / "checkpoints" / "last.pt")
+    _assert_same_tensors(plain["state_dict"], last["state_dict"])
+    _assert_same_tensors(plain["ema"], last["ema"])
 
 
 def test_ema_weights_are_validated_and_kept_as_best_pt(tiny_root, tmp_path, monkeypatch):

@@ -167,6 +167,11 @@ class TrainConfig:
     # mmengine's warm-up), so early validations do not score a blend with the
     # random initial weights. None: the full decay from the first step.
     ema_warmup_steps: Optional[int] = None
+    # Before each validation, recompute the BatchNorm statistics of a copy of
+    # the EMA weights from this many training images (whole, unaugmented,
+    # spread over the split): averaged statistics do not fit averaged weights
+    # early in a run. Validation and best.pt use that copy. None: off.
+    ema_bn_images: Optional[int] = None
     # Fine-tuning: train only the decoder for the first N epochs (the encoder gets no
     # gradient and its BatchNorm statistics stay as loaded), then everything.
     freeze_encoder_epochs: int = 0
@@ -363,7 +368,8 @@ RANGES: dict[str, tuple[Any, str]] = {
     "train.checkpoint_every_steps": _at_least(0), "train.keep_checkpoints": _at_least(1),
     "train.bn_momentum": _FRACTION, "train.grad_accum": _at_least(1), "train.log_every": _at_least(1),
     "train.grad_clip": _above(0), "train.threads": _at_least(1), "train.early_stop": _at_least(1),
-    "train.ema_decay": _OPEN_UNIT, "train.ema_warmup_steps": _at_least(1), "train.freeze_encoder_epochs": _at_least(0),
+    "train.ema_decay": _OPEN_UNIT, "train.ema_warmup_steps": _at_least(1), "train.ema_bn_images": _at_least(1),
+    "train.freeze_encoder_epochs": _at_least(0),
 }
 
 
@@ -383,6 +389,10 @@ def check_ranges(cfg: Config) -> Config:
     if cfg.train.early_stop is not None and not cfg.data.val_split:
         raise ConfigError(f"train.early_stop={cfg.train.early_stop} counts validation rounds, but data.val_split "
                           f"is empty: name a validation split or set train.early_stop=null")
+    for key in ("ema_warmup_steps", "ema_bn_images"):
+        if getattr(cfg.train, key) is not None and cfg.train.ema_decay is None:
+            raise ConfigError(f"train.{key} shapes the EMA, but train.ema_decay is null: set it (e.g. 0.999) "
+                              f"or train.{key}=null")
     return cfg
 
 

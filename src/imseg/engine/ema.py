@@ -17,14 +17,21 @@ score a blend of random and trained weights. ``train.ema_warmup_steps``
 ``decay * (1 - exp(-n / tau))`` at the n-th update, so the average follows
 the model closely at first and reaches the full decay after a few tau. The
 ramp is a function of ``n_averaged``, so resuming stays bit-exact.
+
+``train.ema_bn_images`` recomputes the BatchNorm statistics of a copy of the
+average before each validation (`with_recomputed_bn`); that copy is what
+validation scores and best.pt keeps, while the average itself runs on.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable
+from copy import deepcopy
+from typing import Callable, Iterable
 
+import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import Dataset, Subset
 
 
 def warmed_up_decay(decay: float, warmup_steps: float, n: int) -> float:
@@ -46,3 +53,39 @@ def build_ema(model: nn.Module, decay: float | None, warmup_steps: int | None = 
         return None
     update = get_ema_multi_avg_fn(decay) if not warmup_steps else _warmed_up_ema_fn(decay, warmup_steps)
     return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+
+
+def spread_subset(dataset: Dataset, count: int) -> Subset:
+    """``count`` samples spread evenly over ``dataset`` (all of it when it is smaller): no sequence of a
+    video-derived split such as CamVid's dominates, and no random draw disturbs training's seeds."""
+    n = len(dataset)
+    return Subset(dataset, sorted({i * n // count for i in range(count)}) if count < n else range(n))
+
+
+@torch.no_grad()
+def with_recomputed_bn(module: nn.Module, loader: Iterable, preprocessing: Callable, device: torch.device,
+                       amp_dtype: torch.dtype | None) -> nn.Module:
+    """A copy of ``module`` whose BatchNorm running statistics are recomputed on ``loader``'s images.
+
+    An EMA averages the running statistics along with the weights, but the
+    statistics of averaged weights are not the average of the statistics:
+    early in a run, at a high learning rate, the averaged ones no longer fit
+    (benchmarks/ema_bn.py measures it). SWA recomputes them for the same reason
+    (torch's ``update_bn``), but in training mode, where dropout would
+    perturb them and draw from the RNG that training's resume replays; here
+    only the BatchNorm layers run in training mode, with a cumulative average
+    over the forward passes (``momentum=None``).
+    """
+    copy = deepcopy(module).eval()
+    norms = [m for m in copy.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+        norm.train()
+    with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+        for images, _ in loader:  # collate_pairs hands over lists when sizes differ: one image at a time
+            for batch in ([images] if isinstance(images, torch.Tensor) else [i.unsqueeze(0) for i in images]):
+                copy(preprocessing(batch.to(device)))
+    for norm, original in zip(norms, (m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))):
+        norm.momentum = original.momentum
+    return copy.eval()

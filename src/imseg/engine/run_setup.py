@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -25,7 +26,7 @@ from imseg.data.stats import warn_if_crops_are_mostly_padding
 from imseg.engine import amp_probe, budget
 from imseg.engine.distributed import Context
 from imseg.engine.finetune import check_finetune, wrap_for_training
-from imseg.engine.ema import build_ema
+from imseg.engine.ema import build_ema, spread_subset, with_recomputed_bn
 from imseg.engine.evaluate import evaluate
 from imseg.engine.inference import Inference, inference_from_config
 from imseg.engine.loop import rehearsal_step
@@ -78,6 +79,14 @@ class Run:
     best_epoch: int = 0
     stale_rounds: int = 0  # validation rounds since the last new best val mIoU (train.early_stop)
     rng_state: torch.Tensor | None = None
+    bn_loader: DataLoader | None = None  # training images for the EMA copy's BatchNorm (train.ema_bn_images)
+    ema_eval: nn.Module | None = None  # that copy, as of the last validation
+
+    def refresh_ema_eval(self) -> None:
+        """Recompute the EMA copy that validation scores and best.pt keeps (train.ema_bn_images)."""
+        if self.ema is not None and self.bn_loader is not None:
+            self.ema_eval = with_recomputed_bn(self.ema.module, self.bn_loader, self.meta.preprocessing,
+                                               self.ctx.device, self.amp_dtype)
 
     @property
     def accum(self) -> int:
@@ -104,8 +113,11 @@ class Run:
 
     @property
     def eval_model(self) -> nn.Module:
-        """The weights validation scores and best.pt keeps: the EMA's when it is on."""
-        return self.ema.module if self.ema is not None else self.model
+        """The weights validation scores and best.pt keeps: the EMA's when it is on (with its BatchNorm
+        statistics recomputed at the last validation under train.ema_bn_images)."""
+        if self.ema is None:
+            return self.model
+        return self.ema_eval if self.ema_eval is not None else self.ema.module
 
 
 def build_run(cfg: Config, ctx: Context, log: Callable[[str], None]) -> Run:
@@ -137,6 +149,10 @@ def build_run(cfg: Config, ctx: Context, log: Callable[[str], None]) -> Run:
                          f"{len(train_ds) // cfg.data.batch_size} batches of an epoch")
     check_finetune(cfg, model)
     device = ctx.device
+    bn_loader = None
+    if cfg.train.ema_bn_images and cfg.train.ema_decay:
+        bn_images = spread_subset(build_dataset(cfg.data, cfg.data.train_split, train=False), cfg.train.ema_bn_images)
+        bn_loader = DataLoader(bn_images, batch_size=cfg.data.batch_size, collate_fn=collate_pairs)
     return Run(
         cfg=cfg, ctx=ctx, model=model, train_model=wrap_for_training(model, ctx),
         ema=build_ema(model, cfg.train.ema_decay, cfg.train.ema_warmup_steps),
@@ -146,6 +162,7 @@ def build_run(cfg: Config, ctx: Context, log: Callable[[str], None]) -> Run:
         optimizer=build_optimizer(model, cfg.optim),
         scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
         steps_per_epoch=steps_per_epoch, batches_per_epoch=steps_per_epoch * cfg.train.grad_accum,
+        bn_loader=bn_loader,
     )
 
 
@@ -251,12 +268,18 @@ def _rehearsal_state(run: Run) -> dict[str, Any]:
 
 
 def _validation_seconds(run: Run) -> float:
-    """A whole validation pass, estimated from a few images of this process's share."""
+    """A whole validation pass, estimated from a few images of this process's share (with the EMA copy's
+    BatchNorm recomputation, timed on one batch, when train.ema_bn_images is set)."""
     shard, batch_size = run.val_loader.dataset, run.val_loader.batch_size
     sample = Subset(shard, range(min(len(shard), 2 * batch_size)))
+    bn_seconds = 0.0
+    if run.ema is not None and run.bn_loader is not None:
+        start, one_batch = time.perf_counter(), [next(iter(run.bn_loader))]
+        with_recomputed_bn(run.ema.module, one_batch, run.meta.preprocessing, run.ctx.device, run.amp_dtype)
+        bn_seconds = (time.perf_counter() - start) * len(run.bn_loader)
     scores = evaluate(run.eval_model, DataLoader(sample, batch_size=batch_size), num_classes=run.meta.num_classes,
                       ignore_index=run.meta.ignore_index, inference=run.inference, device=run.ctx.device)
-    return scores["seconds"] / len(sample) * len(shard)
+    return scores["seconds"] / len(sample) * len(shard) + bn_seconds
 
 
 def _settle_auto_amp(run: Run, state: dict[str, Any] | None, log: Callable[[str], None]) -> None:

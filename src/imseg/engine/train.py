@@ -147,6 +147,7 @@ def end_of_epoch(run: Run, epoch: int, stats: EpochStats, logs: RunLog,
 
 def validate(run: Run) -> dict[str, Any]:
     """The validation scores of `Run.eval_model`: the EMA weights when train.ema_decay is set."""
+    run.refresh_ema_eval()
     return evaluate(run.eval_model, run.val_loader, num_classes=run.meta.num_classes,
                     ignore_index=run.meta.ignore_index, inference=run.inference, device=run.ctx.device,
                     class_names=run.train_ds.class_names, progress=run.cfg.train.progress and run.ctx.is_main,
