@@ -162,6 +162,18 @@ def test_spread_subset_takes_evenly_spaced_samples():
     assert list(spread_subset(list(range(3)), 5).indices) == [0, 1, 2]
 
 
+@pytest.mark.parametrize("workers, cached", [(0, True), (1, False)])
+def test_the_bn_recompute_images_share_the_training_data_cache_setting(tiny_root, tmp_path, workers, cached):
+    # each validation re-reads these images: with data.cache (the default without workers) they are decoded once
+    from imseg.engine.distributed import Context
+    from imseg.engine.run_setup import build_run
+
+    cfg = _ema_cfg(tiny_root, tmp_path / "run", **{"train.ema_bn_images": 2, "data.num_workers": workers})
+    run = build_run(cfg, Context(), log=lambda m: None)
+    assert len(run.bn_loader.dataset) == 2
+    assert run.bn_loader.dataset.dataset.cache_samples is cached and run.train_ds.cache_samples is cached
+
+
 def test_validation_and_best_pt_use_the_ema_with_recomputed_bn_statistics(tiny_root, tmp_path, monkeypatch):
     seen = _scripted_validation(monkeypatch, [0.1, 0.2, 0.3] * 2)
     cfg = _ema_cfg(tiny_root, tmp_path / "run", **{"data.val_split": "train", "train.ema_bn_images": 2})

@@ -131,8 +131,11 @@ def build_run(cfg: Config, ctx: Context, log: Callable[[str], None]) -> Run:
     if ctx.is_main:
         warn_if_crops_are_mostly_padding(train_ds, cfg.data.crop_size, cfg.data.scale_range, cfg.data.train_size)
     val_ds = build_dataset(cfg.data, cfg.data.val_split, train=False) if cfg.data.val_split else None
+    # the EMA copy's BatchNorm statistics come from training images seen without augmentation
+    bn_ds = (build_dataset(cfg.data, cfg.data.train_split, train=False)
+             if cfg.train.ema_bn_images and cfg.train.ema_decay else None)
     cache = resolve_sample_cache(cfg.data)
-    for ds in (train_ds, val_ds):
+    for ds in (train_ds, val_ds, bn_ds):
         if ds is not None:
             ds.cache_samples = cache
     if cache:
@@ -149,10 +152,8 @@ def build_run(cfg: Config, ctx: Context, log: Callable[[str], None]) -> Run:
                          f"{len(train_ds) // cfg.data.batch_size} batches of an epoch")
     check_finetune(cfg, model)
     device = ctx.device
-    bn_loader = None
-    if cfg.train.ema_bn_images and cfg.train.ema_decay:
-        bn_images = spread_subset(build_dataset(cfg.data, cfg.data.train_split, train=False), cfg.train.ema_bn_images)
-        bn_loader = DataLoader(bn_images, batch_size=cfg.data.batch_size, collate_fn=collate_pairs)
+    bn_loader = None if bn_ds is None else DataLoader(spread_subset(bn_ds, cfg.train.ema_bn_images),
+                                                      batch_size=cfg.data.batch_size, collate_fn=collate_pairs)
     return Run(
         cfg=cfg, ctx=ctx, model=model, train_model=wrap_for_training(model, ctx),
         ema=build_ema(model, cfg.train.ema_decay, cfg.train.ema_warmup_steps),
