@@ -23,13 +23,16 @@ install: $(STAMP)
 # architecture) run with `make test-all`. Both print their 15 slowest tests,
 # so a test that got slow is seen the day it lands. They run in one pytest-xdist
 # worker per core (tests/conftest.py gives each worker its share of torch's
-# threads): 1.7x faster on 2 cores. PYTEST_WORKERS=0 runs them in one process.
+# threads): 1.7x faster on 2 cores. --dist loadfile runs each test file in one worker, so a module-scoped
+# fixture (a trained model, its exports, the DDP runs) is built once, not once in each worker that gets one of
+# its tests (--dist loadgroup would choose the modules, but does not group under pytest 9.2 and xdist 3.8).
+# PYTEST_WORKERS=0 runs them in one process.
 PYTEST_WORKERS ?= auto
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" -n $(PYTEST_WORKERS) --durations=15
+	$(BIN)/python -m pytest -q -m "not slow" -n $(PYTEST_WORKERS) --dist loadfile --durations=15
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --durations=15
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=15
 
 demo: $(STAMP)
 	$(BIN)/imseg demo $(if $(IMSEG_DATA),--data-root $(IMSEG_DATA),) $(if $(filter scratch,$(DEMO)),--scratch,)

@@ -21,6 +21,7 @@ import yaml
 from PIL import Image
 
 from imseg.engine.checkpoint import load_checkpoint
+from tests.helpers import run_cli
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 
@@ -52,6 +53,7 @@ def _config(root, out_dir):
 
 
 def _run(args, env_extra=None, timeout=300):
+    """``imseg ARGS`` as a new process (what torchrun and ``--nproc`` need)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
     env.pop("WORLD_SIZE", None)
     proc = subprocess.run([sys.executable, "-m", "imseg.cli", *map(str, args)], capture_output=True, text=True,
@@ -60,14 +62,21 @@ def _run(args, env_extra=None, timeout=300):
     return proc
 
 
+def _in_process(args):
+    """``imseg ARGS`` in this process: the one-process reference runs need no process of their own (each
+    new one costs 5-8 s of start-up on a 2-core CPU)."""
+    code, _, err = run_cli(*args)
+    assert code == 0, err[-4000:]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     root = _synthetic(tmp / "data")
-    for name, extra in (("one", []), ("two", ["--nproc", "2"])):
-        cfg = tmp / f"{name}.yaml"
-        cfg.write_text(yaml.safe_dump(_config(root, tmp / name)))
-        _run(["train", cfg, *extra])
+    for name in ("one", "two"):
+        (tmp / f"{name}.yaml").write_text(yaml.safe_dump(_config(root, tmp / name)))
+    _in_process(["train", tmp / "one.yaml"])
+    _run(["train", tmp / "two.yaml", "--nproc", "2"])  # the user's command: imseg starts torchrun itself
     return tmp
 
 
@@ -88,7 +97,7 @@ def test_two_processes_follow_the_one_process_loss_curve_and_weights(runs):
 
 def test_sharded_evaluation_gives_exactly_the_one_process_confusion_matrix(runs):
     ckpt = runs / "one" / "checkpoints" / "last.pt"
-    _run(["eval", ckpt, "--split", "val", "--out", runs / "eval1.json"])
+    _in_process(["eval", ckpt, "--split", "val", "--out", runs / "eval1.json"])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "imseg.cli",
            "eval", str(ckpt), "--split", "val", "--out", str(runs / "eval2.json")]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
@@ -180,7 +189,7 @@ def test_accumulation_reduces_gradients_once_per_optimiser_step(counted):
 
 
 def test_two_processes_accumulating_follow_one_process(runs, counted):
-    _run(["train", _accum_config(runs, "accum-one", 4)])
+    _in_process(["train", _accum_config(runs, "accum-one", 4)])
     np.testing.assert_allclose(_losses(runs / "count4"), _losses(runs / "accum-one"), rtol=1e-4)
     a = load_checkpoint(runs / "accum-one" / "checkpoints" / "last.pt")["state_dict"]
     b = load_checkpoint(runs / "count4" / "checkpoints" / "last.pt")["state_dict"]

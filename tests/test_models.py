@@ -32,7 +32,11 @@ MODELS = list_models()
 # padded input, 3-8 s each per test) in the registry-wide tests; the slow suite runs them all, and
 # tests/test_zoo_fcn.py runs every variant's own geometry in the default suite.
 FCN_VARIANTS = {"fcn16s", "fcn32s", "fcn8s_atonce"}
-MODELS_FAST = [pytest.param(n, marks=pytest.mark.slow) if n in FCN_VARIANTS else n for n in MODELS]
+# Likewise the wider or deeper sizes of one network stand behind its smallest (the same code, more channels or
+# blocks: 2-6 s each per test, HRNetV2-W48 17 s over the four tests): HRNetV2-W18, Auto-DeepLab-S and FCN-ResNet50
+# run here; each size's published parameter count is checked in tests/test_zoo_nas_hr.py and test_zoo_fcn.py.
+SIZE_VARIANTS = {"hrnetv2_w32", "hrnetv2_w48", "autodeeplab_m", "autodeeplab_l", "fcn_resnet101"}
+MODELS_FAST = [pytest.param(n, marks=pytest.mark.slow) if n in FCN_VARIANTS | SIZE_VARIANTS else n for n in MODELS]
 
 
 def build(name: str, **kwargs) -> nn.Module:

@@ -354,7 +354,11 @@ def test_the_registry_describes_every_file_truthfully() -> None:
     assert INCEPTION(black_and_white).flatten().tolist() == [-1.0, 1.0] * 3  # RGB in [-1, 1]
 
 
-@pytest.mark.parametrize("model", [name for name in list_models() if "encoder" in model_arguments(name)])
+# FCN-8s stands for its 16s, 32s and at-once variants (the same trunk and fc6/fc7, 2-4 s each) as in
+# tests/test_models.py; the slow suite runs them all.
+@pytest.mark.parametrize("model", [pytest.param(name, marks=pytest.mark.slow)
+                                   if name in ("fcn16s", "fcn32s", "fcn8s_atonce") else name
+                                   for name in list_models() if "encoder" in model_arguments(name)])
 def test_every_encoder_model_runs_on_efficientnet_lite(model: str) -> None:
     net = create_model(model, 3, encoder="efficientnet_lite0").eval()
     with torch.no_grad():
