@@ -199,6 +199,23 @@ def test_steps_within_is_the_largest_count_that_fits():
         assert cost(n + 1) > total
 
 
+def test_replanned_steps_is_the_largest_total_whose_remaining_cost_fits():
+    assert budget.replan_window(200, 5000) == (50, 200)
+    assert budget.replan_window(19, 5000) is None  # too short a warm-up to time steps in
+    assert budget.replan_window(200, 200) is None  # the run ends within its warm-up
+    # At step 20 (2 whole epochs of 10, two validations made), 2 s a step, a 15 s validation after every epoch,
+    # 100 s left: 47 steps (27 more: epochs 3-5, 3 more validations) cost 54 + 45 = 99 s; 48 would cost 101 s.
+    assert budget.replanned_steps(100, 20, 2.0, 15.0, 10, 1, True) == 47
+    assert budget.replanned_steps(100, 20, 2.0, 0.0, 10, 1, False) == 70
+    assert budget.replanned_steps(-5, 20, 2.0, 15.0, 10, 1, True) == 21  # over budget already: one more step
+    for remaining in range(5, 400, 7):  # brute force agrees, from a step in the middle of an epoch
+        n = budget.replanned_steps(remaining, 13, 1.5, 4.0, 6, 2, True)
+        done = (13 // 6) // 2
+        cost = lambda k: (k - 13) * 1.5 + (budget.validations(k, 6, 2, True) - done) * 4.0  # noqa: E731
+        assert n == 14 or cost(n) <= remaining
+        assert cost(n + 1) > remaining
+
+
 # ------------------------------------------------------------------ budgeted runs
 
 
@@ -300,3 +317,54 @@ def test_a_budget_counts_the_ema_bn_recomputation_in_each_validation(tiny_root, 
     cfg.data.batch_size = 1  # two images: two batches of the recomputation at 0.2 s each
     plan = train(cfg, log=lambda m: None)["budget"]
     assert plan["seconds_per_validation"] >= 0.4
+
+
+class _ScriptedClock:
+    """0.5 s per read for the first ``rehearsal_reads`` reads, then the given readings: the run's own steps
+    timed at another speed than the rehearsal's."""
+
+    def __init__(self, rehearsal_reads: int, later: list[float]):
+        self.readings = [0.5 * k for k in range(rehearsal_reads)] + later
+        self.reads = 0
+
+    def __call__(self) -> float:
+        value = self.readings[min(self.reads, len(self.readings) - 1)]
+        self.reads += 1
+        return value
+
+
+def test_a_budget_is_planned_again_at_the_warmup_end_and_a_rerun_with_the_new_count_repeats_it(
+        tiny_root, tmp_path, monkeypatch):
+    # The budget's start and the rehearsal read the clock 1 + 10 times (0 to 5 s: 0.5 s a step, as in the tests
+    # above): 0.3 minutes plan floor((0.3 * 60 * 0.97 - 4.5) / 0.5) = 25 steps. The warm-up's 20 steps time
+    # steps 5 to 20 at 6 s and 12 s: 0.4 s a step, 12 s spent, so 17.46 - 12 = 5.46 s left hold 13 more.
+    clock = _ScriptedClock(11, [6.0, 12.0])
+    monkeypatch.setattr(budget, "_clock", clock)
+    logged = []
+    cfg = _cfg(tiny_root, tmp_path / "budget", **{"train.time_budget_minutes": 0.3, "optim.warmup_iters": 20})
+    summary = train(cfg, log=logged.append)
+    plan = summary["budget"]
+    assert clock.reads == 13
+    assert plan["rehearsed_max_steps"] == 25 and plan["replanned_at_step"] == 20
+    assert plan["replanned_seconds_per_step"] == pytest.approx(0.4) and plan["replanned_elapsed_seconds"] == 12.0
+    assert summary["total_steps"] == plan["max_steps"] == 20 + 13
+    assert any("planned again at step 20" in line and "train.max_steps=33" in line for line in logged)
+    assert yaml.safe_load((tmp_path / "budget" / "config.yaml").read_text())["train"]["max_steps"] == 33
+    state = load_checkpoint(tmp_path / "budget" / "checkpoints" / "last.pt")
+    assert state["global_step"] == state["total_steps"] == 33
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(cfg.optim.min_lr, abs=1e-12)  # decayed
+
+    # Until step 20 the learning rate does not depend on the count: the run is exactly max_steps=33's.
+    plain = train(_cfg(tiny_root, tmp_path / "plain", **{"train.max_steps": 33, "optim.warmup_iters": 20}),
+                  log=lambda m: None)
+    assert plain["budget"] is None
+    reference, weights = _weights(tmp_path / "budget"), _weights(tmp_path / "plain")
+    for key, value in reference.items():
+        assert torch.equal(value, weights[key]), key
+
+
+def test_a_short_warmup_keeps_the_rehearsals_count(tiny_root, tmp_path, monkeypatch):
+    _fake_clock(monkeypatch, 0.5)
+    cfg = _cfg(tiny_root, tmp_path / "short", **{"train.time_budget_minutes": BUDGET, "optim.warmup_iters": 2})
+    plan = train(cfg, log=lambda m: None)["budget"]
+    assert plan["max_steps"] == 4 and plan["replanned_at_step"] is None and plan["rehearsed_max_steps"] is None

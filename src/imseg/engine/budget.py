@@ -11,6 +11,15 @@ state are put back as they were, so the rehearsal leaves no trace: the
 budgeted run and a rerun with ``--set train.max_steps=N`` give identical
 weights, on any machine.
 
+The rehearsal's first steps run on a cold machine (and, with ``data.cache``,
+on images decoded for the first time), so on a long run its estimate can
+miss by 10% either way. When the schedule has a learning-rate warm-up of at
+least ``MIN_REPLAN_STEPS`` steps, the count is planned once more at its end,
+from the run's own steps (the later three quarters of the warm-up, minus
+any validation in them) and the time already spent (replan.py). Before that
+step the learning rate does not depend on the step count, so the re-planned
+run is still exactly ``--set train.max_steps=N`` with the final N.
+
 What the budget covers: the training steps (data loading included) and the
 validation passes, less the time the rehearsal itself took (and, with
 ``train.amp: auto`` on a CPU with native bf16, the timing of both precisions
@@ -43,6 +52,7 @@ WARMUP_STEPS = 1
 TIMED_STEPS = 3
 REHEARSAL_SHARE = 0.02
 MAX_REHEARSAL_STEPS = 40
+MIN_REPLAN_STEPS = 20  # a shorter warm-up is too short a window to time steps in
 
 _clock: Callable[[], float] = time.perf_counter  # tests replace it with a fake clock
 
@@ -55,6 +65,11 @@ class BudgetPlan:
     rehearsal_seconds: float
     max_steps: int
     epochs: float
+    # Filled in when the count is planned again at the end of the warm-up (see the module's docstring):
+    rehearsed_max_steps: int | None = None  # the rehearsal's count, which max_steps then replaces
+    replanned_at_step: int | None = None
+    replanned_seconds_per_step: float | None = None  # measured on the run's own steps
+    replanned_elapsed_seconds: float | None = None  # of the budget, when it was planned again
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,6 +79,14 @@ class BudgetPlan:
                 f"{self.seconds_per_validation:.1f} s per validation (timed in a {self.rehearsal_seconds:.0f} s "
                 f"rehearsal) -> train.max_steps={self.max_steps} ({self.epochs:.1f} epochs); repeat this run "
                 f"exactly anywhere with --set train.max_steps={self.max_steps}")
+
+    def describe_replan(self) -> str:
+        return (f"time budget planned again at step {self.replanned_at_step}, the end of the learning-rate "
+                f"warm-up: {self.replanned_seconds_per_step:.2f} s per step on the run's own steps (the rehearsal "
+                f"timed {self.seconds_per_step:.2f}), {self.replanned_elapsed_seconds:.0f} s of the budget spent -> "
+                f"train.max_steps={self.max_steps} ({self.epochs:.1f} epochs) instead of "
+                f"{self.rehearsed_max_steps}; repeat this run exactly anywhere with --set "
+                f"train.max_steps={self.max_steps}")
 
 
 def validations(steps: int, steps_per_epoch: int, val_every: int, has_val: bool) -> int:
@@ -87,6 +110,29 @@ def steps_within(budget_seconds: float, step_seconds: float, val_seconds: float,
                            * val_seconds) / step_seconds))
     while cost(n + 1) <= budget_seconds:
         n += 1
+    return n
+
+
+def replan_window(warmup_iters: int, planned_steps: int) -> tuple[int, int] | None:
+    """The steps (first, last) whose timing plans the count again, ending at the warm-up's end; None when the
+    warm-up is shorter than MIN_REPLAN_STEPS or the run would end within it."""
+    if warmup_iters < MIN_REPLAN_STEPS or warmup_iters >= planned_steps:
+        return None
+    return warmup_iters // 4, warmup_iters
+
+
+def replanned_steps(remaining_seconds: float, step: int, step_seconds: float, val_seconds: float,
+                    steps_per_epoch: int, val_every: int, has_val: bool) -> int:
+    """The largest total step count whose steps after ``step`` and validation passes after the ones already
+    made fit ``remaining_seconds`` (at least ``step + 1``)."""
+    done = (step // steps_per_epoch) // val_every if has_val else 0  # after whole epochs only
+
+    def cost(n: int) -> float:
+        return (n - step) * step_seconds + (validations(n, steps_per_epoch, val_every, has_val) - done) * val_seconds
+
+    n = step + max(1, math.floor(remaining_seconds / max(step_seconds, 1e-9)))  # no validation at all: an upper end
+    while n > step + 1 and cost(n) > remaining_seconds:
+        n -= 1
     return n
 
 
@@ -117,7 +163,7 @@ def _batches(loader: Iterable, count: int):
                 return
 
 
-def _agree(value: float) -> float:
+def agree(value: float) -> float:
     # Every process must plan the same number of steps: take the slowest.
     return distributed.all_reduce_(torch.tensor([value], dtype=torch.float64),
                                    torch.distributed.ReduceOp.MAX).item()
@@ -127,7 +173,7 @@ def _keep_rehearsing(times: list[float], seconds: float) -> bool:
     if len(times) < WARMUP_STEPS + TIMED_STEPS:
         return True
     # Every process must run the same number of rehearsal steps (each is a collective under DDP).
-    return bool(_agree(float(sum(times) < seconds and len(times) < MAX_REHEARSAL_STEPS)))
+    return bool(agree(float(sum(times) < seconds and len(times) < MAX_REHEARSAL_STEPS)))
 
 
 def rehearse_step_seconds(loader: Iterable, run_step: Callable[[list], None], accum: int,
@@ -145,7 +191,7 @@ def rehearse_step_seconds(loader: Iterable, run_step: Callable[[list], None], ac
     finally:
         _restore(restore, saved)
     warm = max(WARMUP_STEPS, len(times) - max(TIMED_STEPS, len(times) // 2))
-    return _agree(statistics.median(times[warm:]))
+    return agree(statistics.median(times[warm:]))
 
 
 def plan(budget_minutes: float, *, loader: Iterable, run_step: Callable[[list], None], accum: int,
@@ -164,7 +210,7 @@ def plan(budget_minutes: float, *, loader: Iterable, run_step: Callable[[list], 
     start = _clock()
     step_seconds = rehearse_step_seconds(loader, run_step, accum, restore,
                                          seconds=REHEARSAL_SHARE * budget_minutes * 60)
-    val_seconds = _agree(validate()) if validate is not None else 0.0
+    val_seconds = agree(validate()) if validate is not None else 0.0
     rehearsal = _clock() - start + spent_seconds
     usable = budget_minutes * 60 * (1 - MARGIN) - rehearsal
     steps = steps_within(usable, max(step_seconds, 1e-9), val_seconds, steps_per_epoch, val_every,

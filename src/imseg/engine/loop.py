@@ -19,6 +19,7 @@ from imseg.engine import distributed
 from imseg.engine.checkpoint import prune_checkpoints
 from imseg.engine.finetune import set_train_modes
 from imseg.engine.progress import progress
+from imseg.engine.replan import watch_step
 from imseg.engine.run_log import RunLog
 from imseg.engine.run_state import save_run_checkpoint
 from imseg.engine.runtime import autocast, seed_everything
@@ -80,6 +81,7 @@ def train_epoch(run: Run, epoch: int, logs: RunLog, log: Callable[[str], None]) 
         if loss is None:
             continue
         stats.loss_sum, stats.steps, stats.batches = stats.loss_sum + loss, stats.steps + 1, stats.batches + run.accum
+        watch_step(run, log)  # a time budget is planned again at the end of the warm-up
         lr = run.optimizer.param_groups[0]["lr"]
         bar.set_postfix(loss=f"{stats.loss:.3f}", lr=f"{lr:.2e}")
         if run.step % run.cfg.train.log_every == 0:

@@ -31,6 +31,7 @@ from imseg.engine.evaluate import evaluate
 from imseg.engine.inference import Inference, inference_from_config
 from imseg.engine.loop import rehearsal_step
 from imseg.engine.norm_check import check_batch_norm_batch_size
+from imseg.engine.replan import Replan, replan_for
 from imseg.engine.run_state import resolved_steps
 from imseg.engine.runtime import resolve_amp, seed_everything, seed_worker, set_threads
 from imseg.engine.sampling import GlobalBatchSampler
@@ -70,6 +71,7 @@ class Run:
     total_steps: int = 0
     epochs: int = 0
     budget_plan: budget.BudgetPlan | None = None
+    replan: Replan | None = None  # the budget's second plan, due at the warm-up's end (replan.py)
     amp_choice: amp_probe.AmpChoice | None = None  # train.amp=auto, timed on a CPU with native bf16
     # Where the run stands: zero for a fresh run, read from the checkpoint on resume.
     start_epoch: int = 0
@@ -81,6 +83,7 @@ class Run:
     rng_state: torch.Tensor | None = None
     bn_loader: DataLoader | None = None  # training images for the EMA copy's BatchNorm (train.ema_bn_images)
     ema_eval: nn.Module | None = None  # that copy, as of the last validation
+    validation_seconds: float = 0.0  # spent validating so far by this invocation
 
     def refresh_ema_eval(self) -> None:
         """Recompute the EMA copy that validation scores and best.pt keeps (train.ema_bn_images)."""
@@ -251,12 +254,15 @@ def _budgeted_steps(run: Run, state: dict[str, Any] | None, log: Callable[[str],
         return resolved
     run.sampler.set_epoch(0)
     changed = _rehearsal_state(run)
+    spent = run.amp_choice.probe_seconds if run.amp_choice is not None else 0.0
+    started = budget._clock() - spent
     run.budget_plan = budget.plan(
         run.cfg.train.time_budget_minutes, loader=run.loader, run_step=lambda batches: rehearsal_step(run, batches),
         accum=run.accum, restore=changed, validate=(lambda: _validation_seconds(run)) if run.val_loader is not None else None,
         val_every=run.cfg.train.val_every, steps_per_epoch=run.steps_per_epoch,
-        spent_seconds=run.amp_choice.probe_seconds if run.amp_choice is not None else 0.0)
+        spent_seconds=spent)
     log(run.budget_plan.describe())
+    run.replan = replan_for(run, started)
     return run.budget_plan.max_steps
 
 

@@ -85,12 +85,12 @@ def _train_epochs(run: Run, logs: RunLog, log: Callable[[str], None]) -> dict[st
     stop = early_stop_reason(run)  # a resumed run may have stopped early already
     val_scores: dict[str, Any] | None = None
     start = time.perf_counter()
-    for epoch in range(run.start_epoch, run.end_epoch):
-        if stop is not None:
-            break
+    epoch = run.start_epoch
+    while epoch < run.end_epoch and stop is None:  # end_epoch moves when a time budget is planned again
         stats = train_epoch(run, epoch, logs, log)
         scores, stop = end_of_epoch(run, epoch, stats, logs, log)
         val_scores = scores if scores is not None else val_scores
+        epoch += 1
     if stop is not None:
         log(stop)
     elif run.start_epoch >= run.end_epoch:
@@ -147,11 +147,14 @@ def end_of_epoch(run: Run, epoch: int, stats: EpochStats, logs: RunLog,
 
 def validate(run: Run) -> dict[str, Any]:
     """The validation scores of `Run.eval_model`: the EMA weights when train.ema_decay is set."""
+    start = time.perf_counter()
     run.refresh_ema_eval()
-    return evaluate(run.eval_model, run.val_loader, num_classes=run.meta.num_classes,
-                    ignore_index=run.meta.ignore_index, inference=run.inference, device=run.ctx.device,
-                    class_names=run.train_ds.class_names, progress=run.cfg.train.progress and run.ctx.is_main,
-                    desc="val")
+    scores = evaluate(run.eval_model, run.val_loader, num_classes=run.meta.num_classes,
+                      ignore_index=run.meta.ignore_index, inference=run.inference, device=run.ctx.device,
+                      class_names=run.train_ds.class_names, progress=run.cfg.train.progress and run.ctx.is_main,
+                      desc="val")
+    run.validation_seconds += time.perf_counter() - start
+    return scores
 
 
 def early_stop_reason(run: Run) -> str | None:
