@@ -11,8 +11,10 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 # Re-install when the project's requirements change.
+# --no-compile: byte-compiling every installed module (torch's and the extras' thousands of files) took about
+# half of the install; Python compiles what it imports on first use instead (docs/testing.md).
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[test,export,data,geo,weights,serve,deploy,mobile]"
+	$(BIN)/pip install --quiet --no-compile -c constraints.txt -e ".[test,export,data,geo,weights,serve,deploy,mobile]"
 	touch $(STAMP)
 
 install: $(STAMP)
