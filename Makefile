@@ -27,7 +27,8 @@ install: $(STAMP)
 # worker per core (tests/conftest.py gives each worker its share of torch's
 # threads): 1.7x faster on 2 cores. --dist loadfile runs each test file in one worker, so a module-scoped
 # fixture (a trained model, its exports, the DDP runs) is built once, not once in each worker that gets one of
-# its tests (--dist loadgroup would choose the modules, but does not group under pytest 9.2 and xdist 3.8).
+# its tests (--dist loadgroup would choose the modules, but does not group under pytest 9.2 and xdist 3.8:
+# pytest-xdist issue 1386, the group suffix it writes into the node ID no longer takes).
 # PYTEST_WORKERS=0 runs them in one process.
 PYTEST_WORKERS ?= auto
 test: $(STAMP)
