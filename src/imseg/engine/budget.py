@@ -12,8 +12,8 @@ budgeted run and a rerun with ``--set train.max_steps=N`` give identical
 weights, on any machine.
 
 The rehearsal's first steps run on a cold machine (and, with ``data.cache``,
-on images decoded for the first time), so on a long run its estimate can
-miss by 10% either way. When the schedule has a learning-rate warm-up of at
+on images decoded for the first time), so on a long run its estimate has
+missed by 10-25% (docs/benchmarks.md). When the schedule has a warm-up of at
 least ``MIN_REPLAN_STEPS`` steps, the count is planned once more at its end,
 from the run's own steps (the later three quarters of the warm-up, minus
 any validation in them) and the time already spent (replan.py). Before that
