@@ -31,6 +31,11 @@ class ModelConfig:
     # None: the encoder's own convention; or 'torchvision' / 'caffe' / 'inception' / a dict
     # with mean, std, channel_order, scale.
     preprocessing: Optional[Union[str, dict[str, Any]]] = None
+    # Start from the weights of a model file imseg wrote (a checkpoint such as best.pt, an exported
+    # .safetensors, a save_pretrained folder) with a fresh optimiser and schedule: a second training
+    # phase or fine-tuning on new data of the same classes (mmsegmentation's load_from). The file must
+    # fit this model exactly; a resumed run takes its own checkpoint instead.
+    init_from: Optional[str] = None
 
 
 @dataclass

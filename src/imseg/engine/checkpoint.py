@@ -125,22 +125,27 @@ def build_model(meta: ModelMeta, state_dict: dict[str, torch.Tensor], source: st
         model = create_model(meta.name, meta.num_classes, **kwargs)
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{source} describes a model this imseg cannot build: {e}") from None
+    load_fitting(model, state_dict, source, f"model {meta.name!r} with num_classes {meta.num_classes}")
+    return attach(model, meta)
+
+
+def load_fitting(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str, what: str) -> None:
+    """Load ``state_dict`` into ``model`` when every key and shape fits; else one line naming ``source``."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     if missing or unexpected:
-        raise CheckpointError(f"{source} does not fit model {meta.name!r}: missing keys {missing[:10]}, "
+        raise CheckpointError(f"{source} does not fit {what}: missing keys {missing[:10]}, "
                               f"unexpected keys {unexpected[:10]}")
     wrong = [k for k, v in expected.items() if tuple(state_dict[k].shape) != tuple(v.shape)]
     if wrong:
         k = wrong[0]
         raise CheckpointError(
-            f"{source} does not fit model {meta.name!r} with num_classes {meta.num_classes}: "
+            f"{source} does not fit {what}: "
             f"{k} is {list(state_dict[k].shape)} in the file but {list(expected[k].shape)} in the model"
             f"{f' (and {len(wrong) - 1} more tensors differ)' if len(wrong) > 1 else ''}; "
             f"the weights were trained for another class count or architecture")
     model.load_state_dict(state_dict)
-    return attach(model, meta)
 
 
 def read_safetensors(path: Path) -> tuple[ModelMeta, dict[str, torch.Tensor]]:
@@ -240,6 +245,29 @@ def _is_safetensors(path: Path) -> bool:
     with open(path, "rb") as f:
         head = f.read(9)
     return len(head) == 9 and head[8:9] == b"{"
+
+
+def read_weights(path: str | Path) -> tuple[ModelMeta, dict[str, torch.Tensor], str]:
+    """The metadata and weights of any model file imseg writes, and how errors should name it.
+
+    A checkpoint gives its ``state_dict``: the EMA weights in best.pt when the run kept an EMA
+    (the weights it validated), the raw ones in last.pt and step checkpoints.
+    """
+    path = Path(path)
+    if path.is_dir():
+        meta, weights = read_pretrained_folder(path)
+        return meta, weights, f"{path / WEIGHTS_NAME}"
+    if not path.is_file():
+        raise CheckpointError(f"model file {path} does not exist")
+    if _is_safetensors(path):
+        meta, weights = read_safetensors(path)
+        return meta, weights, f"weights file {path}"
+    state = load_checkpoint(path)
+    try:
+        meta = ModelMeta.from_dict(state, f"checkpoint {path}")
+    except MetadataError as e:
+        raise CheckpointError(str(e)) from None
+    return meta, state["state_dict"], f"checkpoint {path}"
 
 
 def read_model_file(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:

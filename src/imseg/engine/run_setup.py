@@ -26,6 +26,7 @@ from imseg.data.stats import warn_if_crops_are_mostly_padding
 from imseg.engine import amp_probe, budget
 from imseg.engine.distributed import Context
 from imseg.engine.finetune import check_finetune, wrap_for_training
+from imseg.engine.init_from import load_init_weights
 from imseg.engine.ema import build_ema, spread_subset, with_recomputed_bn
 from imseg.engine.evaluate import evaluate
 from imseg.engine.inference import Inference, inference_from_config
@@ -180,6 +181,8 @@ def _model(cfg: Config, ctx: Context, train_ds, log: Callable[[str], None]) -> t
                      palette=tuple(tuple(c) for c in train_ds.palette), ignore_index=train_ds.ignore_index,
                      eval_size=tuple(cfg.data.eval_size) if cfg.data.eval_size else None,
                      eval_settings=dataclasses.asdict(cfg.eval), data=cfg.to_dict()["data"])
+    if cfg.model.init_from:  # before anything swaps modules, so the keys are the builder's own
+        load_init_weights(model, meta, cfg.model.init_from, log if ctx.is_main else lambda _: None)
     if cfg.train.bn_momentum is not None:  # its range is checked with the config
         for module in model.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
