@@ -80,3 +80,21 @@ def test_other_class_names_are_named_in_the_log(first_run, tiny_root, tmp_path):
     messages: list[str] = []
     build_run(cfg, Context(), log=messages.append)
     assert any("was trained on classes" in m and "c10" in m for m in messages)
+
+
+def test_mismatched_tensors_can_keep_their_random_initialisation(first_run, tiny_root, tmp_path):
+    saved = load_checkpoint(first_run / "best.pt")["state_dict"]
+
+    def five_class_run(**overrides):
+        cfg = _cfg(tiny_root, tmp_path / "five", **overrides)
+        cfg.data.class_names = cfg.data.class_names[:5]
+        messages: list[str] = []
+        return _state(build_run(cfg, Context(), log=messages.append).model), messages
+
+    random_init, _ = five_class_run()  # the same seed, no file
+    state, messages = five_class_run(**{"model.init_from": str(first_run / "best.pt"),
+                                        "model.init_mismatched": "random"})
+    differ = [k for k in state if state[k].shape != saved[k].shape]
+    assert differ and all(torch.equal(state[k], random_init[k]) for k in differ)  # the classifiers
+    assert all(torch.equal(state[k], saved[k]) for k in state if k not in differ)
+    assert any(f"{len(differ)} tensors differ in shape" in m and differ[0] in m for m in messages)

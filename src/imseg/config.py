@@ -36,6 +36,10 @@ class ModelConfig:
     # phase or fine-tuning on new data of the same classes (mmsegmentation's load_from). The file must
     # fit this model exactly; a resumed run takes its own checkpoint instead.
     init_from: Optional[str] = None
+    # 'random': tensors whose shape differs (a classifier trained for another class count) keep
+    # this model's random initialisation, and the run names them (Hugging Face's
+    # ignore_mismatched_sizes). Missing or unexpected keys, another architecture, still fail.
+    init_mismatched: Literal["error", "random"] = "error"
 
 
 @dataclass

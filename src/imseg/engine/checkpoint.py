@@ -129,8 +129,13 @@ def build_model(meta: ModelMeta, state_dict: dict[str, torch.Tensor], source: st
     return attach(model, meta)
 
 
-def load_fitting(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str, what: str) -> None:
-    """Load ``state_dict`` into ``model`` when every key and shape fits; else one line naming ``source``."""
+def load_fitting(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str, what: str,
+                 keep_mismatched: bool = False) -> list[str]:
+    """Load ``state_dict`` into ``model`` when every key and shape fits; else one line naming ``source``.
+
+    ``keep_mismatched``: tensors whose shape differs keep the model's own values instead of failing;
+    their names are returned.
+    """
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
@@ -138,6 +143,9 @@ def load_fitting(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
         raise CheckpointError(f"{source} does not fit {what}: missing keys {missing[:10]}, "
                               f"unexpected keys {unexpected[:10]}")
     wrong = [k for k, v in expected.items() if tuple(state_dict[k].shape) != tuple(v.shape)]
+    if wrong and keep_mismatched:
+        model.load_state_dict({**state_dict, **{k: expected[k] for k in wrong}})
+        return wrong
     if wrong:
         k = wrong[0]
         raise CheckpointError(
@@ -146,6 +154,7 @@ def load_fitting(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
             f"{f' (and {len(wrong) - 1} more tensors differ)' if len(wrong) > 1 else ''}; "
             f"the weights were trained for another class count or architecture")
     model.load_state_dict(state_dict)
+    return []
 
 
 def read_safetensors(path: Path) -> tuple[ModelMeta, dict[str, torch.Tensor]]:

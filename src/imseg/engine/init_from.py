@@ -17,15 +17,24 @@ from imseg.engine.checkpoint import CheckpointError, load_fitting, read_weights
 from imseg.meta import ModelMeta
 
 
-def load_init_weights(model: nn.Module, meta: ModelMeta, path: str, log: Callable[[str], None]) -> None:
-    """Load the weights of ``path`` into ``model`` (built from the config, described by ``meta``)."""
+def load_init_weights(model: nn.Module, meta: ModelMeta, path: str, log: Callable[[str], None],
+                      mismatched: str = "error") -> None:
+    """Load the weights of ``path`` into ``model`` (built from the config, described by ``meta``).
+
+    ``mismatched``: 'error', or 'random' to keep the model's initialisation where a shape differs.
+    """
+    what = f"model.name {meta.name!r} with {meta.num_classes} classes"
+    if mismatched == "error":
+        what += " (model.init_mismatched: random keeps the random initialisation of tensors whose shape differs)"
     try:
         file_meta, weights, source = read_weights(path)
-        load_fitting(model, weights, source, f"model.name {meta.name!r} with {meta.num_classes} classes "
-                                             f"(model.init_from)")
+        kept = load_fitting(model, weights, source, what, keep_mismatched=mismatched == "random")
     except CheckpointError as e:
         raise CheckpointError(f"model.init_from: {e}") from None
     log(f"starting from the weights of {source} (model.init_from); optimiser and schedule start fresh")
+    if kept:
+        log(f"{len(kept)} tensors differ in shape and keep their random initialisation "
+            f"(model.init_mismatched: random): {', '.join(kept)}")
     if tuple(file_meta.class_names) != tuple(meta.class_names):
         log(f"note: {source} was trained on classes {list(file_meta.class_names)}; this run's are "
             f"{list(meta.class_names)}: each output channel now means this run's class")

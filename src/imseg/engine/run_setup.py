@@ -182,7 +182,8 @@ def _model(cfg: Config, ctx: Context, train_ds, log: Callable[[str], None]) -> t
                      eval_size=tuple(cfg.data.eval_size) if cfg.data.eval_size else None,
                      eval_settings=dataclasses.asdict(cfg.eval), data=cfg.to_dict()["data"])
     if cfg.model.init_from:  # before anything swaps modules, so the keys are the builder's own
-        load_init_weights(model, meta, cfg.model.init_from, log if ctx.is_main else lambda _: None)
+        load_init_weights(model, meta, cfg.model.init_from, log if ctx.is_main else lambda _: None,
+                          cfg.model.init_mismatched)
     if cfg.train.bn_momentum is not None:  # its range is checked with the config
         for module in model.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
