@@ -262,30 +262,22 @@ def read_weights(path: str | Path) -> tuple[ModelMeta, dict[str, torch.Tensor], 
     A checkpoint gives its ``state_dict``: the EMA weights in best.pt when the run kept an EMA
     (the weights it validated), the raw ones in last.pt and step checkpoints.
     """
-    path = Path(path)
-    if path.is_dir():
-        meta, weights = read_pretrained_folder(path)
-        return meta, weights, f"{path / WEIGHTS_NAME}"
-    if not path.is_file():
-        raise CheckpointError(f"model file {path} does not exist")
-    if _is_safetensors(path):
-        meta, weights = read_safetensors(path)
-        return meta, weights, f"weights file {path}"
-    state = load_checkpoint(path)
-    try:
-        meta = ModelMeta.from_dict(state, f"checkpoint {path}")
-    except MetadataError as e:
-        raise CheckpointError(str(e)) from None
-    return meta, state["state_dict"], f"checkpoint {path}"
+    return _read_file(path)[:3]
 
 
 def read_model_file(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Any model file imseg writes (a checkpoint, exported ``.safetensors``, a model folder): the model (eval
     mode) and the file's training record (epoch, config, metrics; empty for an export or a folder)."""
+    meta, weights, source, record = _read_file(path)
+    return build_model(meta, weights, source).to(device).eval(), record
+
+
+def _read_file(path: str | Path) -> tuple[ModelMeta, dict[str, torch.Tensor], str, dict[str, Any]]:
+    """(metadata, weights, the file as errors name it, training record) of a model file of any kind."""
     path = Path(path)
     if path.is_dir():
         meta, weights = read_pretrained_folder(path)
-        return build_model(meta, weights, f"{path / WEIGHTS_NAME}").to(device).eval(), {}
+        return meta, weights, f"{path / WEIGHTS_NAME}", {}
     if not path.is_file():
         raise CheckpointError(f"model file {path} does not exist")
     if path.suffix == ".onnx":
@@ -293,12 +285,14 @@ def read_model_file(path: str | Path, device: str | torch.device = "cpu") -> tup
                               f"command takes the checkpoint (.pt) or .safetensors file it was exported from")
     if _is_safetensors(path):
         meta, weights = read_safetensors(path)
-        model, record = build_model(meta, weights, f"weights file {path}"), {}
-    else:
-        record = load_checkpoint(path)
-        model = model_from_checkpoint(record, source=f"checkpoint {path}")
-        record = {k: v for k, v in record.items() if k not in ("state_dict", "optimizer", "scheduler", "scaler", "ema")}
-    return model.to(device).eval(), record
+        return meta, weights, f"weights file {path}", {}
+    state = load_checkpoint(path)
+    try:
+        meta = ModelMeta.from_dict(state, f"checkpoint {path}")
+    except MetadataError as e:
+        raise CheckpointError(str(e)) from None
+    record = {k: v for k, v in state.items() if k not in ("state_dict", "optimizer", "scheduler", "scaler", "ema")}
+    return meta, state["state_dict"], f"checkpoint {path}", record
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
